@@ -1,0 +1,189 @@
+"""Reading and writing denoiser weights without executing pickled code.
+
+A checkpoint is a plain state dict in the published layout (REFERENCE.md section 4): ``.pt``/``.pth``
+files are read with ``torch.load(weights_only=True)``, ``.safetensors`` with the safetensors library.
+Loading is strict: a mismatch names the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .denoiser import Denoiser, DenoiserConfig
+from .errors import CheckpointError
+
+StateDict = Mapping[str, Tensor]
+
+#: File suffixes accepted as checkpoints.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+_SHOWN_PER_KIND = 5
+
+
+def read_state_dict(path: Path | str) -> dict[str, Tensor]:
+    """Read a state dict from ``path`` without running pickled code.
+
+    Args:
+        path: A ``.pt``/``.pth`` (torch zip or legacy format, weights-only) or ``.safetensors`` file.
+
+    Returns:
+        The tensors by key, on the CPU, as stored.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, corrupt, not a flat mapping of tensors, or
+            needs code execution to load.
+    """
+    path = Path(path)
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint type {path.suffix!r}; expected one of {CHECKPOINT_SUFFIXES}"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded: Any = load_file(str(path), device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            # weights_only refused an object that only arbitrary code could rebuild.
+            raise CheckpointError(
+                f"{path}: refused to load: the file needs code execution to unpickle "
+                f"({_first_line(exc)}). Only plain state dicts of tensors are accepted."
+            ) from exc
+        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt pickle: {_first_line(exc)})") from exc
+    except Exception as exc:  # torch, zipfile and safetensors each raise their own types
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()
+    ):
+        raise CheckpointError(
+            f"{path}: expected a flat state dict of tensors (the published layout), "
+            f"got {type(loaded).__name__}"
+        )
+    return dict(loaded)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+    return detail.strip()
+
+
+def write_state_dict(state_dict: StateDict, path: Path | str) -> Path:
+    """Write a state dict atomically, as safetensors or as a torch ``.pt`` file by suffix.
+
+    Args:
+        state_dict: Tensors by key (the published layout).
+        path: Destination; ``.safetensors``, ``.pt`` or ``.pth``.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(f"{path}: unsupported checkpoint type {path.suffix!r}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp))
+        else:
+            torch.save(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _describe(keys: list[str], label: str) -> str:
+    shown = ", ".join(keys[:_SHOWN_PER_KIND])
+    more = f", ... ({len(keys) - _SHOWN_PER_KIND} more)" if len(keys) > _SHOWN_PER_KIND else ""
+    return f"{len(keys)} {label} ({shown}{more})"
+
+
+def check_state_dict(state_dict: StateDict, model: torch.nn.Module, source: str = "checkpoint") -> None:
+    """Check that ``state_dict`` has exactly the keys and shapes of ``model``.
+
+    Raises:
+        CheckpointError: listing the first few missing, unexpected and mis-shaped keys with counts.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or misshaped:
+        parts = [
+            _describe(keys, label)
+            for keys, label in (
+                (missing, "missing keys"),
+                (unexpected, "unexpected keys"),
+                (misshaped, "mis-shaped keys (checkpoint vs model)"),
+            )
+            if keys
+        ]
+        raise CheckpointError(
+            f"{source} does not match the denoiser architecture: "
+            + "; ".join(parts)
+            + ". Check model.yaml or the architecture keywords."
+        )
+
+
+def load_denoiser(
+    checkpoint: Path | str | StateDict,
+    config: DenoiserConfig | None = None,
+    **architecture: Any,
+) -> Denoiser:
+    """Build a denoiser and load published-layout weights into it, strictly.
+
+    Args:
+        checkpoint: A ``.pt``/``.pth``/``.safetensors`` path or an already-loaded state dict.
+        config: The architecture; the published configuration when omitted.
+        **architecture: :class:`DenoiserConfig` fields overriding ``config``
+            (for example ``model_channels=8, num_groups=8``).
+
+    Returns:
+        A float32 :class:`Denoiser` on the CPU in eval mode; move it with ``.to(device)``.
+
+    Raises:
+        CheckpointError: unreadable file or a key/shape mismatch.
+        ConfigError: invalid architecture values.
+    """
+    base = config or DenoiserConfig()
+    if architecture:
+        fields = {**base.__dict__, **architecture}
+        try:
+            base = DenoiserConfig(**fields)
+        except TypeError as exc:
+            raise CheckpointError(f"unknown architecture keyword: {exc}") from exc
+    model = Denoiser(base)
+    if isinstance(checkpoint, (str, Path)):
+        source = str(checkpoint)
+        state_dict: StateDict = read_state_dict(checkpoint)
+    else:
+        source = "state dict"
+        state_dict = checkpoint
+    check_state_dict(state_dict, model, source)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    return model.eval()

@@ -1,0 +1,50 @@
+"""The exception hierarchy of the cwdm package.
+
+Callers catch :class:`CwdmError` for anything this package raises on purpose; the narrower classes
+let the pipeline tell a bad case (skip it, go on) from a bad configuration (stop before any case).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CwdmError(Exception):
+    """Base class of every error raised on purpose by cwdm."""
+
+
+class ShapeError(CwdmError, ValueError):
+    """A tensor or volume has a shape the method cannot use (odd size, wrong rank, ...)."""
+
+
+class ConfigError(CwdmError, ValueError):
+    """A configuration file or value is invalid (unknown key, wrong type, out of range)."""
+
+
+class CheckpointError(CwdmError):
+    """A checkpoint cannot be read or does not match the architecture."""
+
+
+class CaseError(CwdmError):
+    """A case cannot be processed; carries the case id and, where known, the offending file.
+
+    Args:
+        case_id: The case folder name, e.g. ``BraTS-GLI-01666-000``.
+        message: What is wrong and, when obvious, the fix.
+        path: The file or folder at fault, if there is one.
+    """
+
+    def __init__(self, case_id: str, message: str, path: Path | None = None) -> None:
+        self.case_id = case_id
+        self.path = path
+        self.detail = message
+        where = f" ({path})" if path is not None else ""
+        super().__init__(f"{case_id}: {message}{where}")
+
+
+class GeometryError(CaseError):
+    """The present sequences of a case do not share one voxel grid."""
+
+
+class VolumeReadError(CaseError):
+    """A volume file is missing, unreadable, corrupt or not a usable 3D NIfTI image."""

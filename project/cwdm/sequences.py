@@ -1,0 +1,36 @@
+"""The four BraTS MR sequences and the fixed order in which the method stacks them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class MRISequence(StrEnum):
+    """A BraTS MR sequence, named by its file-name tag (REFERENCE.md section 7)."""
+
+    T1N = "t1n"
+    T1C = "t1c"
+    T2W = "t2w"
+    T2F = "t2f"
+
+
+#: The canonical order t1n, t1c, t2w, t2f; conditions are stacked in this order (REFERENCE.md section 3).
+CANONICAL_ORDER: tuple[MRISequence, ...] = tuple(MRISequence)
+
+
+def condition_order(target: MRISequence | str) -> tuple[MRISequence, MRISequence, MRISequence]:
+    """Return the three condition sequences for ``target``, in canonical order.
+
+    Args:
+        target: The sequence to synthesise, as an enum member or its tag (``"t2f"``).
+
+    Returns:
+        The other three sequences in the order t1n, t1c, t2w, t2f; for example ``t2f`` gives
+        ``(t1n, t1c, t2w)`` and ``t1n`` gives ``(t1c, t2w, t2f)``.
+
+    Raises:
+        ValueError: ``target`` is not one of the four tags.
+    """
+    target = MRISequence(target)
+    first, second, third = (seq for seq in CANONICAL_ORDER if seq is not target)
+    return first, second, third
