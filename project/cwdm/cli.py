@@ -1,0 +1,133 @@
+"""The ``cwdm`` command: thin typer commands over the library (parse options, build config, call the
+library, render, exit code)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import CwdmError
+
+app = typer.Typer(
+    name="cwdm",
+    help="Conditional wavelet diffusion (cWDM) for BraTS missing-sequence synthesis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("cwdm")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.callback()
+def _root() -> None:
+    """Conditional wavelet diffusion (cWDM) for BraTS missing-sequence synthesis."""
+
+
+def _fail(exc: CwdmError) -> typer.Exit:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    return typer.Exit(2)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path, typer.Argument(help="Training folder: one sub-folder per case, all four sequences.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Run folder: checkpoints/, train_log.csv, weights/.")],
+    target: Annotated[str, typer.Option(help="Sequence to synthesise: t1n, t1c, t2w or t2f.")],
+    iterations: Annotated[int, typer.Option(help="Optimiser steps (published: 1200000).")] = 1_200_000,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (published: 1e-5).")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(help="Cases per step and GPU (published: 1).")] = 1,
+    crop: Annotated[
+        str | None,
+        typer.Option(help="Random crops of this image-space size, e.g. 96,96,96 (default: whole volumes)."),
+    ] = None,
+    model_channels: Annotated[int, typer.Option(help="Base width (published: 64).")] = 64,
+    channel_mult: Annotated[
+        str, typer.Option(help="Width multipliers per level (published: 1,2,2,4,4).")
+    ] = "1,2,2,4,4",
+    num_res_blocks: Annotated[int, typer.Option(help="Residual blocks per level (published: 2).")] = 2,
+    num_groups: Annotated[int, typer.Option(help="GroupNorm groups (published: 32).")] = 32,
+    sampling_steps: Annotated[int, typer.Option(help="Default sampling steps written to model.yaml.")] = 1000,
+    sampler: Annotated[
+        str, typer.Option(help="Default sampler written to model.yaml: ddpm or ddim.")
+    ] = "ddpm",
+    ema_rate: Annotated[
+        float | None, typer.Option(help="Export EMA weights at this rate, e.g. 0.9999.")
+    ] = None,
+    save_every: Annotated[int, typer.Option(help="Checkpoint interval in steps.")] = 100_000,
+    log_every: Annotated[int, typer.Option(help="CSV log interval in steps.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of weights init and of every draw of the loop.")] = 0,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (mixed precision, GPU only).")] = "fp32",
+    weights_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where to export <target>.safetensors + model.yaml (default OUT/weights)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in OUT/checkpoints.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train one target's denoiser; multi-GPU with ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
+    from .config import ModelSpec
+    from .training import StepReport, TrainingCases, TrainingConfig
+    from .training_runtime import make_trainer
+
+    _setup_logging(verbose)
+    try:
+        spec = ModelSpec.model_validate(
+            {
+                "model_channels": model_channels,
+                "channel_mult": [int(m) for m in channel_mult.split(",")],
+                "num_res_blocks": num_res_blocks,
+                "num_groups": num_groups,
+                "sampling_steps": sampling_steps,
+                "sampler": sampler,
+            }
+        )
+        config = TrainingConfig(
+            target=target,
+            spec=spec,
+            iterations=iterations,
+            lr=lr,
+            batch_size=batch_size,
+            crop_size=tuple(int(c) for c in crop.split(",")) if crop else None,  # type: ignore[arg-type]
+            ema_rate=ema_rate,
+            save_every=save_every,
+            log_every=log_every,
+            seed=seed,
+            precision=precision,
+        )
+        data_set = TrainingCases.from_folder(data, 2 * spec.denoiser_config().size_multiple)
+        trainer = make_trainer(config, data_set, out, weights_dir)
+        if resume and (latest := trainer.latest_checkpoint()) is not None:
+            trainer.load_checkpoint(latest)
+            log.info("resumed from %s at step %d", latest, trainer.step)
+        log.info("training %s on %d cases, %s", config.target, len(data_set), trainer.device)
+
+        def report(r: StepReport) -> None:
+            log.info("step %d  loss %.5f  %.2f it/s", r.step, r.loss, r.steps_per_s)
+
+        path = trainer.run(on_log=report)
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"weights: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Typed, validated configuration: ``parameters.yaml`` (run parameters) and ``model.yaml`` (a weights
+directory's architecture and sampling defaults).
+
+Only this module reads YAML. Field names are the YAML keys, defaults are the published configuration,
+and a bad file raises :class:`cwdm.ConfigError` naming the file, the key, the value and what is allowed,
+before any case runs. Validation uses pydantic (strict types: ``"100"`` is not an integer here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+
+from .denoiser import DenoiserConfig
+from .errors import ConfigError
+from .schedule import NoiseSchedule
+
+SamplerName = Literal["ddpm", "ddim"]
+DeviceName = Literal["auto", "cuda", "cpu"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+PostprocessName = Literal["brain_mask", "threshold"]
+
+#: The published number of diffusion (and sampling) steps.
+PUBLISHED_STEPS = 1000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunParameters(_Strict):
+    """Run parameters (``parameters.yaml``); every key is optional.
+
+    Attributes:
+        sampling_steps: Sampling steps, respaced evenly; ``None`` takes the model's default
+            (``model.yaml``), which is the published 1000 unless the weights say otherwise.
+        sampler: ``ddpm`` (published) or ``ddim`` (deterministic); ``None`` takes the model's default.
+        seed: Seed of each case's generator: same seed, same device -> same output.
+        device: ``auto`` picks CUDA when available.
+        precision: Network arithmetic; ``auto`` is bf16 on a GPU that supports it, else fp32.
+        batch_size: Cases that need the same target sampled together.
+        postprocess: ``brain_mask`` (clamp and zero outside the brain, the published evaluation) or
+            ``threshold`` (values <= 0.04 set to 0, the published challenge container).
+    """
+
+    sampling_steps: StrictInt | None = Field(default=None, ge=1, le=PUBLISHED_STEPS)
+    sampler: SamplerName | None = None
+    seed: StrictInt = Field(default=42, ge=0, lt=2**63)
+    device: DeviceName = "auto"
+    precision: PrecisionName = "auto"
+    batch_size: StrictInt = Field(default=1, ge=1, le=64)
+    postprocess: PostprocessName = "brain_mask"
+
+
+class ModelSpec(_Strict):
+    """A weights directory's ``model.yaml``: architecture, training schedule and sampling defaults.
+
+    The defaults are the published configuration, so a directory of published checkpoints needs no
+    ``model.yaml`` at all.
+    """
+
+    model_channels: StrictInt = Field(default=64, ge=1)
+    channel_mult: tuple[StrictInt, ...] = (1, 2, 2, 4, 4)
+    num_res_blocks: StrictInt = Field(default=2, ge=1)
+    num_groups: StrictInt = Field(default=32, ge=1)
+    in_channels: StrictInt = Field(default=32, ge=1)
+    out_channels: StrictInt = Field(default=8, ge=1)
+    diffusion_steps: StrictInt = Field(default=PUBLISHED_STEPS, ge=1)
+    noise_schedule: Literal["linear", "cosine"] = "linear"
+    sampling_steps: StrictInt = Field(default=PUBLISHED_STEPS, ge=1)
+    sampler: SamplerName = "ddpm"
+
+    @field_validator("channel_mult", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    def denoiser_config(self) -> DenoiserConfig:
+        """The :class:`DenoiserConfig` this spec describes (validated there too)."""
+        return DenoiserConfig(
+            model_channels=self.model_channels,
+            channel_mult=self.channel_mult,
+            num_res_blocks=self.num_res_blocks,
+            num_groups=self.num_groups,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+        )
+
+    def schedule(self) -> NoiseSchedule:
+        """The training noise schedule."""
+        return NoiseSchedule.named(self.noise_schedule, self.diffusion_steps)
+
+    def to_yaml(self) -> str:
+        data = self.model_dump()
+        data["channel_mult"] = list(data["channel_mult"])
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        else:
+            lines.append(f"key {key!r}: {error['msg']} (got {error.get('input')!r})")
+    return f"{source}: " + "; ".join(lines)
+
+
+def _validate(model: type[_Strict], data: Any, source: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        allowed = ", ".join(model.model_fields)
+        raise ConfigError(_format_errors(source, exc) + f". Allowed keys: {allowed}") from exc
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def parse_run_parameters(data: Any, source: str = "parameters") -> RunParameters:
+    """Validate an already-parsed mapping as :class:`RunParameters`."""
+    return _validate(RunParameters, data, source)
+
+
+def load_run_parameters(path: Path | None) -> RunParameters:
+    """Read ``parameters.yaml``; ``None`` gives the defaults.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML, unknown keys, wrong types, out-of-range values.
+    """
+    if path is None:
+        return RunParameters()
+    return parse_run_parameters(_read_yaml(path), str(path))
+
+
+def load_model_spec(path: Path) -> ModelSpec:
+    """Read a ``model.yaml``; a missing file gives the published configuration.
+
+    Raises:
+        ConfigError: as :func:`load_run_parameters`, or an architecture the denoiser rejects.
+    """
+    path = Path(path)
+    if not path.exists():
+        return ModelSpec()
+    spec = _validate(ModelSpec, _read_yaml(path), str(path))
+    try:
+        spec.denoiser_config()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return spec

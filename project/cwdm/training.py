@@ -1,0 +1,419 @@
+"""Training one target's denoiser with the published objective, resumable bit for bit.
+
+The objective (REFERENCE.md section 5): x0 = scaled coefficients of the target, condition = scaled
+coefficients of the other three sequences, t uniform in 0..T-1, noise drawn in image space and wavelet
+transformed (not LLL-scaled), loss = MSE between predicted and true x0. Adam, lr 1e-5, batch 1 by
+default. Preprocessing is the inference preprocessing (:mod:`cwdm.volumes`).
+
+Every random draw of the loop (case order, crop position, timestep, noise) comes from one CPU
+``torch.Generator`` whose state is saved in each checkpoint, so a resumed run continues exactly as the
+uninterrupted one would have. Multi-GPU training uses torchrun + DistributedDataParallel; each rank
+draws from its own generator stream (seeded with ``seed + rank``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .cases import Case, discover_cases
+from .checkpoints import write_state_dict
+from .config import ModelSpec
+from .denoiser import Denoiser
+from .errors import CheckpointError, ConfigError, CwdmError
+from .schedule import NoiseSchedule
+from .sequences import CANONICAL_ORDER, MRISequence, condition_order
+from .volumes import NetworkLayout, normalise, read_volume
+from .wavelets import build_condition, dwt3d, encode
+from .weights import MODEL_SPEC_NAME
+
+log = logging.getLogger(__name__)
+
+PrecisionName = str  # "fp32" | "bf16" | "fp16"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that defines a training run; the defaults are the published hyper-parameters.
+
+    Attributes:
+        target: The sequence this model synthesises.
+        spec: Architecture, schedule and the sampling defaults written to ``model.yaml``.
+        iterations: Total optimiser steps (1.2M published).
+        lr: Adam learning rate (1e-5 published).
+        batch_size: Cases per step and per process (1 published).
+        crop_size: Train on random crops of this image-space size (each a multiple of
+            ``2 * size_multiple``) instead of whole volumes; ``None`` trains on whole volumes.
+        ema_rate: Keep an exponential moving average of the weights at this rate (e.g. 0.9999) and
+            export it instead of the raw weights; ``None`` disables it.
+        save_every: Write a resumable checkpoint every this many steps (and at the end).
+        log_every: Append a row to the CSV log every this many steps.
+        seed: Seed of the loop's generator.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; GroupNorm stays float32).
+        cache_volumes: Keep preprocessed cases in memory (small datasets).
+        grad_clip: Clip the gradient norm to this value; ``None`` (published) disables it.
+    """
+
+    target: MRISequence
+    spec: ModelSpec = field(default_factory=ModelSpec)
+    iterations: int = 1_200_000
+    lr: float = 1e-5
+    batch_size: int = 1
+    crop_size: tuple[int, int, int] | None = None
+    ema_rate: float | None = None
+    save_every: int = 100_000
+    log_every: int = 100
+    seed: int = 0
+    precision: PrecisionName = "fp32"
+    cache_volumes: bool = True
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", MRISequence(self.target))
+        multiple = 2 * self.spec.denoiser_config().size_multiple
+        if self.crop_size is not None:
+            crop = tuple(self.crop_size)
+            if len(crop) != 3 or any(c < multiple or c % multiple for c in crop):
+                raise ConfigError(
+                    f"crop_size must be three positive multiples of {multiple} (image space), "
+                    f"got {self.crop_size}"
+                )
+            object.__setattr__(self, "crop_size", crop)
+        checks = {
+            "iterations": self.iterations >= 1,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size >= 1,
+            "save_every": self.save_every >= 1,
+            "log_every": self.log_every >= 1,
+            "precision": self.precision in ("fp32", "bf16", "fp16"),
+            "ema_rate": self.ema_rate is None or 0 < self.ema_rate < 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid training settings: {', '.join(bad)}")
+
+    def to_record(self) -> dict[str, Any]:
+        """A plain-data record of the config (stored in checkpoints, compared on resume)."""
+        record = asdict(self)
+        record["target"] = str(self.target)
+        record["spec"] = self.spec.model_dump(mode="json")
+        record["crop_size"] = list(self.crop_size) if self.crop_size else None
+        return record
+
+
+class TrainingCases:
+    """Complete cases of a training folder, preprocessed exactly as at inference.
+
+    Args:
+        cases: Cases with all four sequences.
+        multiple: Image-space size multiple of the network (``2 * size_multiple``).
+        cache: Keep each preprocessed case in memory after its first load.
+    """
+
+    def __init__(self, cases: list[Case], multiple: int, cache: bool = True) -> None:
+        if not cases:
+            raise CwdmError("no complete training cases (folders with all four sequences) found")
+        self.cases = cases
+        self.multiple = multiple
+        self._cache: dict[int, Tensor] | None = {} if cache else None
+
+    @classmethod
+    def from_folder(cls, data_dir: Path, multiple: int, cache: bool = True) -> TrainingCases:
+        complete = [case for case in discover_cases(data_dir) if case.is_complete]
+        return cls(complete, multiple, cache)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> Tensor:
+        """``(4, X, Y, Z)`` float32 network-layout volumes in canonical order (t1n, t1c, t2w, t2f)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        case = self.cases[index]
+        volumes = [read_volume(case.files[seq]) for seq in CANONICAL_ORDER]
+        layout = NetworkLayout.for_shape(volumes[0].shape, self.multiple)
+        stacked = torch.from_numpy(np.stack([layout.to_network(normalise(v.data)) for v in volumes]))
+        if self._cache is not None:
+            self._cache[index] = stacked
+        return stacked
+
+
+def _random_crop(volumes: Tensor, size: tuple[int, int, int] | None, generator: torch.Generator) -> Tensor:
+    """A crop of ``(C, X, Y, Z)`` at an even offset (so its Haar pairs are the whole volume's)."""
+    if size is None:
+        return volumes
+    starts = []
+    for extent, crop in zip(volumes.shape[1:], size, strict=True):
+        if crop > extent:
+            raise ConfigError(
+                f"crop_size {size} exceeds the volume's network shape {tuple(volumes.shape[1:])}"
+            )
+        choices = (extent - crop) // 2 + 1
+        starts.append(2 * int(torch.randint(choices, (1,), generator=generator)))
+    return volumes[tuple([slice(None)] + [slice(s, s + c) for s, c in zip(starts, size, strict=True)])]
+
+
+def training_batch(
+    volumes: Tensor,
+    target: MRISequence,
+    schedule: NoiseSchedule,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Build one training example set from ``(B, 4, X, Y, Z)`` canonical-order volumes.
+
+    Returns:
+        ``(x_in, t, x0)``: the network input ``(B, 32, ...)`` (noisy target coefficients then the
+        condition), timestep values ``(B,)`` and the clean target coefficients ``(B, 8, ...)``.
+    """
+    order = {seq: i for i, seq in enumerate(CANONICAL_ORDER)}
+    x0 = encode(volumes[:, order[target]].unsqueeze(1))
+    cond = build_condition(volumes[:, [order[s] for s in condition_order(target)]])
+    t_index = torch.randint(len(schedule), (volumes.shape[0],), generator=generator)
+    noise = dwt3d(torch.randn(volumes[:, :1].shape, generator=generator))  # image-space noise, unscaled
+    x_t = schedule.q_sample(x0, t_index, noise)
+    return torch.cat([x_t, cond], dim=1), schedule.timesteps[t_index], x0
+
+
+@dataclass
+class StepReport:
+    """Progress of the loop, passed to the ``on_log`` callback."""
+
+    step: int
+    loss: float
+    elapsed_s: float
+    steps_per_s: float
+
+
+class Trainer:
+    """Owns the model, optimiser, EMA, generator and step; saves and resumes checkpoints.
+
+    Args:
+        config: The run's settings.
+        data: The training cases.
+        out_dir: Where ``checkpoints/``, ``train_log.csv`` and (by default) ``weights/`` go.
+        device: Where to train.
+        weights_dir: Where to export the inference weights (``<target>.safetensors`` + model.yaml).
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        data: TrainingCases,
+        out_dir: Path,
+        device: torch.device | str = "cpu",
+        weights_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.weights_dir = Path(weights_dir) if weights_dir else self.out_dir / "weights"
+        self.device = torch.device(device)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.schedule = config.spec.schedule()
+
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, identical on every rank
+            torch.manual_seed(config.seed)
+            self.model = Denoiser(config.spec.denoiser_config()).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_rate else None
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.generator = torch.Generator().manual_seed(config.seed + self.rank)
+        self.step = 0
+        self._module: nn.Module = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.world_size > 1
+            else self.model
+        )
+
+    # -- data ---------------------------------------------------------------------------------
+    def _next_volumes(self) -> Tensor:
+        """Draw ``batch_size`` cases (uniformly, from the loop's generator) and crop them."""
+        picks = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
+        crops = [_random_crop(self.data[int(i)], self.config.crop_size, self.generator) for i in picks]
+        return torch.stack(crops)
+
+    # -- one step -----------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.config.precision == "fp32" or self.device.type != "cuda":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def train_step(self) -> float:
+        """One optimiser step; returns the batch loss."""
+        volumes = self._next_volumes()
+        x_in, t, x0 = training_batch(volumes, self.config.target, self.schedule, self.generator)
+        x_in, t, x0 = x_in.to(self.device), t.to(self.device), x0.to(self.device)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            pred = self._module(x_in, t)
+        loss = torch.mean((pred.float() - x0) ** 2)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            with torch.no_grad():
+                for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    ema_p.lerp_(p, 1.0 - self.config.ema_rate)
+        self.step += 1
+        return float(loss.detach())
+
+    # -- checkpoints --------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimiser, EMA, scaler, step and generator."""
+        return {
+            "format": "cwdm-training-checkpoint-v1",
+            "step": self.step,
+            "config": self.config.to_record(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_<N>.pt`` atomically and export the inference weights."""
+        path = self.checkpoint_dir / f"step_{self.step:08d}.pt"
+        if self.rank == 0:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".part")
+            torch.save(self.state(), tmp)
+            os.replace(tmp, path)
+            self.export_weights()
+        return path
+
+    def export_weights(self) -> Path:
+        """Write ``<target>.safetensors`` (EMA weights when enabled) and ``model.yaml``."""
+        spec_path = self.weights_dir / MODEL_SPEC_NAME
+        spec_text = self.config.spec.to_yaml()
+        if spec_path.exists() and spec_path.read_text() != spec_text:
+            raise ConfigError(
+                f"{spec_path} describes a different model than this run; export to another --weights-dir"
+            )
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        source = self.ema if self.ema is not None else self.model
+        path = write_state_dict(source.state_dict(), self.weights_dir / f"{self.config.target}.safetensors")
+        spec_path.write_text(spec_text)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Resume from a checkpoint written by :meth:`save_checkpoint` (weights-only loading).
+
+        Raises:
+            CheckpointError: unreadable file, or one written with different settings.
+        """
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for unreadable files
+            raise CheckpointError(f"{path}: cannot read training checkpoint ({exc})") from exc
+        if not isinstance(state, dict) or state.get("format") != "cwdm-training-checkpoint-v1":
+            raise CheckpointError(f"{path}: not a cwdm training checkpoint")
+        ours, theirs = self.config.to_record(), state["config"]
+        resumable = ("target", "spec", "lr", "batch_size", "crop_size", "ema_rate", "seed", "precision")
+        changed = [key for key in resumable if ours[key] != theirs.get(key)]
+        if changed:
+            raise CheckpointError(
+                f"{path}: written with different settings ({', '.join(changed)}); cannot resume"
+            )
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["grad_scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.checkpoint_dir.glob("step_*.pt"))
+        return found[-1] if found else None
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, on_log: Callable[[StepReport], None] | None = None) -> Path:
+        """Train until ``config.iterations``, saving every ``save_every`` steps and at the end.
+
+        Returns:
+            The exported weights file.
+        """
+        cfg = self.config
+        log_path = self.out_dir / "train_log.csv"
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        start, start_step, losses = time.perf_counter(), self.step, []
+        with _CsvLog(log_path, enabled=self.rank == 0) as csv_log:
+            while self.step < cfg.iterations:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise CwdmError(f"loss became {loss} at step {self.step}; lower the learning rate")
+                losses.append(loss)
+                if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+                    elapsed = time.perf_counter() - start
+                    report = StepReport(
+                        step=self.step,
+                        loss=float(np.mean(losses)),
+                        elapsed_s=elapsed,
+                        steps_per_s=(self.step - start_step) / elapsed if elapsed > 0 else 0.0,
+                    )
+                    csv_log.write(report)
+                    losses.clear()
+                    if on_log is not None:
+                        on_log(report)
+                if self.step % cfg.save_every == 0 or self.step == cfg.iterations:
+                    self.save_checkpoint()
+        return self.weights_dir / f"{cfg.target}.safetensors"
+
+
+class _CsvLog:
+    """Append-only CSV of :class:`StepReport` rows (opened by rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self._handle: Any = None
+
+    def __enter__(self) -> _CsvLog:
+        if self.enabled:
+            new = not self.path.exists()
+            self._handle = self.path.open("a", newline="")
+            self._writer = csv.writer(self._handle)
+            if new:
+                self._writer.writerow(["step", "loss", "elapsed_s", "steps_per_s"])
+        return self
+
+    def write(self, report: StepReport) -> None:
+        if self._handle is not None:
+            self._writer.writerow(
+                [report.step, f"{report.loss:.6g}", f"{report.elapsed_s:.1f}", f"{report.steps_per_s:.4g}"]
+            )
+            self._handle.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
