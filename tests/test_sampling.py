@@ -155,3 +155,22 @@ def test_progress_callback_and_errors(tiny_denoiser, cond):
         sample(tiny_denoiser, cond[:, :16], steps=3)
     with pytest.raises(ConfigError, match="cannot take 0 sampling steps"):
         sample(tiny_denoiser, cond, steps=0)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_per_case_generators_make_results_independent_of_batching(tiny_denoiser, cond, sampler):
+    other = build_condition(torch.stack([smooth_blobs((16, 16, 16), seed=s) for s in (4, 5, 6)])[None])
+    with torch.inference_mode():
+        alone = sample(
+            tiny_denoiser, cond, steps=5, sampler=sampler, generator=[torch.Generator().manual_seed(11)]
+        )
+        batched = sample(
+            tiny_denoiser,
+            torch.cat([other, cond]),
+            steps=5,
+            sampler=sampler,
+            generator=[torch.Generator().manual_seed(3), torch.Generator().manual_seed(11)],
+        )
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="1 generators for a batch of 2"):
+        sample(tiny_denoiser, torch.cat([other, cond]), steps=2, generator=[torch.Generator()])

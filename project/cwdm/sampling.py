@@ -4,12 +4,14 @@ The loop composes a denoiser (any callable ``(x, t) -> x0``), a :class:`NoiseSch
 x0 post-process (the published image-space clip, :func:`cwdm.wavelets.clip_coeffs`); it knows nothing of
 files or wavelets. Random numbers come only from the ``generator`` argument, in a documented order:
 x_T is the first standard-normal draw of shape ``(B, 8, D, H, W)``; then each DDPM step above the last
-draws one tensor of that shape, in order. DDIM draws nothing after x_T.
+draws one tensor of that shape, in order. DDIM draws nothing after x_T. With one generator per batch
+element instead, each element draws its own ``(1, 8, D, H, W)`` tensors in that order, so its result
+does not depend on which other cases share its batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import torch
@@ -21,11 +23,26 @@ from .wavelets import NUM_BANDS, clip_coeffs
 
 SamplerName = Literal["ddpm", "ddim"]
 X0Transform = Callable[[Tensor], Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 StepCallback = Callable[[int, int], None]
 
 
 class DenoiseFn(Protocol):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+
+def standard_normal(shape: tuple[int, ...], generator: Generators, like: Tensor) -> Tensor:
+    """A standard-normal draw of ``shape`` on ``like``'s device and dtype.
+
+    With a sequence of generators, element ``i`` of the batch is drawn from ``generator[i]``.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    if len(generator) != shape[0]:
+        raise ConfigError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat(
+        [torch.randn((1, *shape[1:]), generator=g, device=like.device, dtype=like.dtype) for g in generator]
+    )
 
 
 def predict_x0(
@@ -50,7 +67,7 @@ def ddpm_step(
     index: int,
     x_t: Tensor,
     x0: Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """One ancestral DDPM step with the fixed-large variance; no noise at index 0.
 
@@ -59,7 +76,8 @@ def ddpm_step(
         index: This step's index in ``schedule`` (not the original timestep value).
         x_t: ``(B, C, ...)`` current sample.
         x0: The (clipped) x0 prediction for ``x_t``.
-        generator: Source of the step's one standard-normal draw (skipped at index 0).
+        generator: Source of the step's one standard-normal draw (skipped at index 0), or one
+            generator per batch element.
 
     Returns:
         x_{t-1}, same shape and dtype as ``x_t``.
@@ -67,7 +85,7 @@ def ddpm_step(
     mean = schedule.posterior_mean(x0, x_t, index)
     if index == 0:
         return mean
-    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    noise = standard_normal(tuple(x_t.shape), generator, x_t)
     return mean + torch.exp(0.5 * schedule.log_variance(index, x_t)) * noise
 
 
@@ -76,7 +94,7 @@ def ddim_step(
     index: int,
     x_t: Tensor,
     x0: Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """One deterministic DDIM step (eta = 0); ``generator`` is unused, kept for a common signature."""
     del generator
@@ -92,7 +110,7 @@ def sample(
     cond: Tensor,
     *,
     steps: int = 1000,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip: bool = True,
     sampler: SamplerName = "ddpm",
     schedule: NoiseSchedule | None = None,
@@ -106,7 +124,8 @@ def sample(
         cond: ``(B, 24, D, H, W)`` condition from :func:`cwdm.build_condition`; its device and
             dtype (float32 recommended) set those of the sample.
         steps: Number of sampling steps, evenly respaced from the training schedule (1000 = all).
-        generator: Seeded generator on ``cond``'s device for reproducible results.
+        generator: Seeded generator on ``cond``'s device for reproducible results, or a sequence of
+            one generator per batch element (results independent of the batch's other elements).
         clip: Clamp each x0 prediction to [0, 1] in image space, as published.
         sampler: ``"ddpm"`` (published, stochastic) or ``"ddim"`` (deterministic).
         schedule: The training schedule; the published linear 1000-step one by default.
@@ -128,7 +147,7 @@ def sample(
     x0_transform = clip_coeffs if clip else None
 
     shape = (cond.shape[0], NUM_BANDS, *cond.shape[2:])
-    x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    x = standard_normal(shape, generator, cond)
     total = len(respaced)
     for done, index in enumerate(reversed(range(total)), start=1):
         x0 = predict_x0(denoiser, x, cond, int(respaced.timesteps[index]), x0_transform)
