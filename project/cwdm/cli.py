@@ -125,6 +125,34 @@ def train(
     typer.echo(f"weights: {path}")
 
 
+@app.command()
+def evaluate(
+    pred_dir: Annotated[Path, typer.Argument(help="Predictions, <case>-<seq>.nii.gz (the output folder).")],
+    truth_dir: Annotated[Path, typer.Argument(help="Complete cases, <case>/<case>-<seq>.nii.gz.")],
+    csv: Annotated[Path | None, typer.Option(help="Also write every score to this CSV file.")] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(help="Also score the dummy baseline: each present sequence copied as the missing one."),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop."""
+    from .metrics import evaluate as evaluate_predictions
+
+    _setup_logging(verbose)
+    try:
+        result = evaluate_predictions(pred_dir, truth_dir, baseline=baseline)
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    for failure in result.failures:
+        typer.secho(f"not scored: {failure.message}", err=True, fg=typer.colors.RED)
+    if result.scores:
+        typer.echo(result.summary_table())
+    if csv is not None:
+        typer.echo(f"csv: {result.write_csv(csv)}")
+    raise typer.Exit(1 if result.failures or not result.scores else 0)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,306 @@
+"""Metrics against an independent float64 computation; evaluation of folders, baseline, errors, CLI."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import statistics
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from typer.testing import CliRunner
+
+from cwdm.cli import app
+from cwdm.errors import CwdmError, ShapeError
+from cwdm.metrics import (
+    CaseError,
+    baseline_scores,
+    centre_crop,
+    evaluate,
+    mse,
+    psnr,
+    score_volumes,
+    ssim,
+)
+from cwdm.sequences import MRISequence, condition_order
+
+from .conftest import smooth_blobs
+
+SHAPE = (26, 24, 12)  # the crop keeps 10 x 8 x 12: still larger than the 7-voxel SSIM window
+AFFINE = np.array([[0.0, -1.2, 0, 30], [1.1, 0, 0, -20], [0, 0, 1.5, 5], [0, 0, 0, 1]])
+
+
+# -- oracles: written from the definitions, not from the code under test ----------------------------
+def oracle_ssim(x: np.ndarray, y: np.ndarray, win: int = 7, k1: float = 0.01, k2: float = 0.03) -> float:
+    """Wang et al. (2004) SSIM with a uniform 7^3 window, sample (co)variances, data range 1, averaged
+    over every window that lies completely inside the volume (explicit per-window statistics)."""
+    wx = sliding_window_view(x.astype(np.float64), (win,) * 3).reshape(-1, win**3)
+    wy = sliding_window_view(y.astype(np.float64), (win,) * 3).reshape(-1, win**3)
+    mx, my = wx.mean(axis=1), wy.mean(axis=1)
+    vx, vy = wx.var(axis=1, ddof=1), wy.var(axis=1, ddof=1)
+    cxy = ((wx - mx[:, None]) * (wy - my[:, None])).sum(axis=1) / (win**3 - 1)
+    c1, c2 = k1**2, k2**2
+    local = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(local.mean())
+
+
+def oracle_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    pred, truth = pred.astype(np.float64), truth.astype(np.float64)
+    err = float(np.sum((pred - truth) ** 2) / truth.size)
+    return err, -10.0 * math.log10(err), oracle_ssim(pred, truth)
+
+
+def oracle_normalise(raw: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(raw, [0.1, 99.9])
+    clipped = np.minimum(np.maximum(raw, low), high)
+    return (clipped - low) / (high - low)
+
+
+def blob(seed: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    return smooth_blobs(shape, seed).numpy().astype(np.float64)
+
+
+def raw_volume(seed: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    """Scanner-like intensities: blobs scaled to ~1000 with a few bright outliers the clip removes."""
+    volume = blob(seed, shape) * 900.0 + 100.0 * (blob(seed + 50, shape) > 0)
+    volume.flat[np.random.default_rng(seed).choice(volume.size, 3, replace=False)] = 5000.0
+    return volume
+
+
+def save(data: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), path)
+    return path
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# -- the metrics ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make_pred",
+    [
+        lambda truth: blob(7),  # another image
+        lambda truth: np.clip(truth + 0.05 * np.random.default_rng(1).standard_normal(SHAPE), 0, 1),
+        lambda truth: 0.5 * truth,  # contrast change
+        lambda truth: np.full(SHAPE, 0.3),  # constant
+    ],
+    ids=["other", "noisy", "half", "constant"],
+)
+def test_metrics_match_the_float64_oracle(make_pred):
+    truth = blob(3)
+    pred = make_pred(truth)
+    expected_mse, expected_psnr, expected_ssim = oracle_scores(pred, truth)
+    assert mse(pred, truth) == pytest.approx(expected_mse, rel=1e-12)
+    assert psnr(pred, truth) == pytest.approx(expected_psnr, rel=1e-12)
+    assert ssim(pred, truth) == pytest.approx(expected_ssim, abs=1e-9)
+
+
+def test_identical_volumes_score_perfectly():
+    truth = blob(3)
+    assert mse(truth, truth) == 0.0
+    assert psnr(truth, truth) == math.inf
+    assert ssim(truth, truth) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_score_volumes_crops_eight_voxels_off_the_first_two_axes():
+    truth, pred = blob(3), blob(4)
+    regions = score_volumes(pred, truth)
+    full = oracle_scores(pred, truth)
+    crop = oracle_scores(pred[8:18, 8:16, :], truth[8:18, 8:16, :])
+    for region, expected in (("full", full), ("crop", crop)):
+        scores = regions[region]
+        assert (scores.mse, scores.psnr) == pytest.approx(expected[:2], rel=1e-12)
+        assert scores.ssim == pytest.approx(expected[2], abs=1e-9)
+    assert full[0] != pytest.approx(crop[0])  # the two regions really differ on this pair
+
+
+def test_brats_grid_crop_is_224_224_155():
+    assert centre_crop(np.zeros((240, 240, 155))).shape == (224, 224, 155)
+
+
+@pytest.mark.parametrize(
+    ("shape_a", "shape_b", "match"),
+    [((26, 24, 12), (26, 24, 10), "differs"), ((16, 24, 12), (16, 24, 12), "too small")],
+)
+def test_unusable_shapes_raise(shape_a, shape_b, match):
+    with pytest.raises(ShapeError, match=match):
+        score_volumes(np.zeros(shape_a), np.zeros(shape_b))
+
+
+def test_ssim_rejects_axes_shorter_than_the_window():
+    with pytest.raises(ShapeError, match="at least 7"):
+        ssim(np.zeros((10, 10, 5)), np.zeros((10, 10, 5)))
+
+
+# -- folders ----------------------------------------------------------------------------------------
+CASES = ("BraTS-GLI-00010-000", "BraTS-GLI-00020-000")
+
+
+@pytest.fixture
+def truth_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "truth"
+    for c, case in enumerate(CASES):
+        for s, seq in enumerate(MRISequence):
+            save(raw_volume(10 * c + s), root / case / f"{case}-{seq}.nii.gz")
+    return root
+
+
+def test_evaluate_scores_each_prediction_against_the_normalised_truth(tmp_path, truth_dir):
+    pred_dir = tmp_path / "pred"
+    predictions = {(CASES[0], "t2f"): blob(30), (CASES[1], "t1c"): blob(31)}
+    for (case, seq), data in predictions.items():
+        save(data, pred_dir / f"{case}-{seq}.nii.gz")
+    before = checksums(tmp_path)
+
+    result = evaluate(pred_dir, truth_dir)
+
+    assert checksums(tmp_path) == before  # inputs untouched
+    assert result.failures == ()
+    assert [(s.case_id, str(s.target), s.source) for s in result.scores] == [
+        (CASES[0], "t2f", "prediction"),
+        (CASES[1], "t1c", "prediction"),
+    ]
+    for scores in result.scores:
+        raw = nib.load(truth_dir / scores.case_id / f"{scores.case_id}-{scores.target}.nii.gz").get_fdata()
+        truth = oracle_normalise(raw)
+        pred = predictions[(scores.case_id, str(scores.target))].astype(np.float32)  # as written
+        expected = oracle_scores(pred, truth)
+        assert (scores.full.mse, scores.full.psnr) == pytest.approx(expected[:2], rel=1e-5)
+        assert scores.full.ssim == pytest.approx(expected[2], abs=1e-6)
+        expected_crop = oracle_scores(pred[8:-8, 8:-8], truth[8:-8, 8:-8])
+        assert scores.crop.ssim == pytest.approx(expected_crop[2], abs=1e-6)
+
+
+def test_evaluate_isolates_bad_predictions(tmp_path, truth_dir):
+    pred_dir = tmp_path / "pred"
+    save(blob(30), pred_dir / f"{CASES[0]}-t2f.nii.gz")  # good
+    save(blob(31), pred_dir / "BraTS-GLI-99999-000-t1n.nii.gz")  # no ground truth folder
+    save(blob(32, (26, 24, 10)), pred_dir / f"{CASES[1]}-t1c.nii.gz")  # wrong shape
+    (pred_dir / f"{CASES[1]}-t2w.nii.gz").write_bytes(b"not a nifti file")  # unreadable
+    (pred_dir / "report.json").write_text("{}")  # not a prediction
+    (pred_dir / ".cwdm-123.part.nii.gz").write_bytes(b"")  # hidden partial write: ignored
+
+    result = evaluate(pred_dir, truth_dir)
+
+    assert [(s.case_id, str(s.target)) for s in result.scores] == [(CASES[0], "t2f")]
+    messages = {(f.case_id, str(f.target) if f.target else None): f.message for f in result.failures}
+    assert set(messages) == {
+        ("BraTS-GLI-99999-000", "t1n"),
+        (CASES[1], "t1c"),
+        (CASES[1], "t2w"),
+        ("report.json", None),
+    }
+    assert "no ground-truth folder" in messages[("BraTS-GLI-99999-000", "t1n")]
+    assert "26x24x10 differs from the ground truth's 26x24x12" in messages[(CASES[1], "t1c")]
+    assert "cannot read" in messages[(CASES[1], "t2w")]
+    assert "not a prediction file" in messages[("report.json", None)]
+
+
+def test_missing_truth_sequence_is_reported(tmp_path, truth_dir):
+    (truth_dir / CASES[0] / f"{CASES[0]}-t2w.nii.gz").unlink()
+    save(blob(30), tmp_path / "pred" / f"{CASES[0]}-t2w.nii.gz")
+    result = evaluate(tmp_path / "pred", truth_dir)
+    assert result.scores == ()
+    assert "no ground truth for t2w" in result.failures[0].message
+
+
+@pytest.mark.parametrize("which", ["pred", "truth"])
+def test_missing_folders_raise(tmp_path, truth_dir, which):
+    (tmp_path / "pred").mkdir()
+    folders = {"pred": tmp_path / "pred", "truth": truth_dir}
+    folders[which] = tmp_path / "nowhere"
+    with pytest.raises(CwdmError, match="nowhere does not exist"):
+        evaluate(folders["pred"], folders["truth"])
+
+
+# -- baseline ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", list(MRISequence))
+def test_baseline_scores_each_present_sequence_copied(truth_dir, target):
+    case_dir = truth_dir / CASES[1]
+    rows = baseline_scores(case_dir, target)
+
+    def normalised(seq):
+        return oracle_normalise(nib.load(case_dir / f"{CASES[1]}-{seq}.nii.gz").get_fdata())
+
+    assert [r.source for r in rows] == [f"copy-{seq}" for seq in condition_order(target)]
+    for row, seq in zip(rows, condition_order(target), strict=True):
+        expected = oracle_scores(normalised(seq), normalised(target))
+        assert row.target == target and row.case_id == CASES[1]
+        assert row.full.psnr == pytest.approx(expected[1], rel=1e-5)
+        assert row.full.ssim == pytest.approx(expected[2], abs=1e-6)
+
+
+def test_baseline_without_ground_truth_raises(truth_dir):
+    (truth_dir / CASES[0] / f"{CASES[0]}-t1c.nii.gz").unlink()
+    with pytest.raises(CaseError, match="no ground truth for t1c"):
+        baseline_scores(truth_dir / CASES[0], "t1c")
+
+
+def test_evaluate_with_baseline_adds_copy_rows(tmp_path, truth_dir):
+    save(blob(30), tmp_path / "pred" / f"{CASES[0]}-t2f.nii.gz")
+    result = evaluate(tmp_path / "pred", truth_dir, baseline=True)
+    assert [s.source for s in result.scores] == ["prediction", "copy-t1n", "copy-t1c", "copy-t2w"]
+
+
+# -- summary, CSV, CLI ------------------------------------------------------------------------------
+@pytest.fixture
+def evaluation(tmp_path, truth_dir):
+    pred_dir = tmp_path / "pred"
+    for i, case in enumerate(CASES):
+        for seq in ("t1n", "t2f"):
+            save(blob(40 + i + (seq == "t2f")), pred_dir / f"{case}-{seq}.nii.gz")
+    return evaluate(pred_dir, truth_dir)
+
+
+def test_summary_is_mean_and_sample_sd(evaluation):
+    rows = {(r.source, r.target): r for r in evaluation.summary()}
+    assert set(rows) == {("prediction", "t1n"), ("prediction", "t2f"), ("prediction", "all")}
+    for target in ("t1n", "t2f", "all"):
+        values = [s.crop.ssim for s in evaluation.scores if target in ("all", str(s.target))]
+        row = rows[("prediction", target)]
+        assert row.n == len(values)
+        assert row.mean["crop_ssim"] == pytest.approx(statistics.mean(values), rel=1e-12)
+        assert row.sd["crop_ssim"] == pytest.approx(statistics.stdev(values), rel=1e-9)
+    table = evaluation.summary_table()
+    assert table.splitlines()[0].split()[:4] == ["source", "target", "n", "MSE"]
+    assert f"{rows[('prediction', 'all')].mean['full_psnr']:.2f} ±" in table
+
+
+def test_csv_holds_every_score_exactly(tmp_path, evaluation):
+    path = evaluation.write_csv(tmp_path / "scores.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == len(evaluation.scores) == 4
+    for row, scores in zip(rows, evaluation.scores, strict=True):
+        assert (row["case"], row["target"], row["source"]) == (scores.case_id, scores.target, "prediction")
+        assert float(row["full_ssim"]) == scores.full.ssim
+        assert float(row["crop_mse"]) == scores.crop.mse
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_cli_evaluate(tmp_path, truth_dir):
+    pred_dir = tmp_path / "pred"
+    save(blob(30), pred_dir / f"{CASES[0]}-t2f.nii.gz")
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(pred_dir), str(truth_dir), "--csv", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "prediction  t2f" in result.output and "all" not in result.output and (tmp_path / "s.csv").is_file()
+    )
+
+    save(blob(31), pred_dir / "BraTS-GLI-99999-000-t1n.nii.gz")
+    result = runner.invoke(app, ["evaluate", str(pred_dir), str(truth_dir), "--baseline"])
+    assert result.exit_code == 1
+    assert "copy-t1n" in result.output and "no ground-truth folder" in result.output
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nowhere"), str(truth_dir)])
+    assert result.exit_code == 2 and "does not exist" in result.output
