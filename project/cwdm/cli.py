@@ -153,6 +153,32 @@ def evaluate(
     raise typer.Exit(1 if result.failures or not result.scores else 0)
 
 
+@app.command("drop-sequence")
+def drop_sequence(
+    src: Annotated[Path, typer.Argument(help="Complete cases (read only).")],
+    dst: Annotated[
+        Path, typer.Argument(help="New pseudo-validation folder (or an unfinished one to resume).")
+    ],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Drop one sequence per case exactly as the organisers' script does (seed 123456)."""
+    from .drop import drop_sequences
+
+    _setup_logging(verbose)
+    try:
+        report = drop_sequences(src, dst)
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    except OSError as exc:
+        raise _fail(CwdmError(f"copy failed: {exc}")) from exc
+    for case in report.cases:
+        typer.echo(
+            f"{case.case_id}  dropped {case.dropped}  copied {len(case.copied)}, kept {len(case.kept)}"
+        )
+    for path in report.ignored:
+        typer.echo(f"skipped {path}: not a case folder or not a file")
+
+
 def main() -> None:
     app()
 
