@@ -179,6 +179,49 @@ def drop_sequence(
         typer.echo(f"skipped {path}: not a case folder or not a file")
 
 
+weights_app = typer.Typer(help="Check or fetch a weights directory.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("check")
+def weights_check(
+    directory: Annotated[
+        Path, typer.Argument(help="Weights directory: a checkpoint per target, model.yaml.")
+    ],
+) -> None:
+    """Verify that every target's checkpoint loads strictly with the model.yaml architecture."""
+    from .weights import check_weights
+
+    try:
+        report = check_weights(directory)
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    typer.echo("\n".join(report.lines()))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    dest: Annotated[Path, typer.Argument(help="Weights directory to fill.")],
+    repo: Annotated[str, typer.Option(help="HuggingFace repository.")] = "pfriedri/cwdm",
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit (pin a commit).")] = None,
+    file: Annotated[
+        list[str] | None, typer.Option(help="Repository file to fetch, once per target (default: by tag).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Download the published checkpoints (image build time only; needs the 'hub' extra), then check."""
+    from .weights import fetch_weights
+
+    _setup_logging(verbose)
+    try:
+        report = fetch_weights(dest, repo, revision, file or None)
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    typer.echo("\n".join(report.lines()))
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:
     app()
 
