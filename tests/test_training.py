@@ -1,0 +1,315 @@
+"""The training loop on a tiny configuration: objective, learning, exact resume, export, CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cwdm import CheckpointError, ConfigError, CwdmError, dwt3d, load_denoiser
+from cwdm.cli import app
+from cwdm.config import ModelSpec
+from cwdm.sequences import MRISequence, condition_order
+from cwdm.training import Trainer, TrainingCases, TrainingConfig, training_batch
+from cwdm.weights import WeightsDir
+
+from .conftest import smooth_blobs
+
+TINY_SPEC = ModelSpec(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8)
+MULTIPLE = 2 * TINY_SPEC.denoiser_config().size_multiple
+SHAPE = (16, 16, 12)
+AFFINE = np.array([[0.0, -1.1, 0, 20], [1.2, 0, 0, -10], [0, 0, 1.3, 4], [0, 0, 0, 1]])
+CASES = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: thread start-up costs more than it saves, and a loaded CI machine makes it worse.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def train_dir(tmp_path: Path) -> Path:
+    """Two complete cases of smooth blobs at scanner-like intensities, non-identity affine."""
+    root = tmp_path / "train"
+    for c, case in enumerate(CASES):
+        (root / case).mkdir(parents=True)
+        for s, seq in enumerate(MRISequence):
+            data = smooth_blobs(SHAPE, 10 * c + s).numpy() * 1000.0
+            nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), root / case / f"{case}-{seq}.nii.gz")
+    return root
+
+
+def config(**changes) -> TrainingConfig:
+    settings = {
+        "target": "t2f",
+        "spec": TINY_SPEC,
+        "iterations": 6,
+        "lr": 1e-3,
+        "save_every": 3,
+        "log_every": 1,
+        "seed": 5,
+    }
+    return TrainingConfig(**{**settings, **changes})
+
+
+def trainer(train_dir: Path, out: Path, **changes) -> Trainer:
+    return Trainer(config(**changes), TrainingCases.from_folder(train_dir, MULTIPLE), out)
+
+
+# -- the objective ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", list(MRISequence))
+def test_training_batch_follows_the_published_objective(target):
+    volumes = torch.stack(
+        [torch.stack([smooth_blobs((8, 8, 8), 4 * b + s) for s in range(4)]) for b in range(2)]
+    )
+    schedule = TINY_SPEC.schedule()
+    x_in, t, x0 = training_batch(volumes, MRISequence(target), schedule, torch.Generator().manual_seed(3))
+
+    order = list(MRISequence)
+    # The documented draw order: timestep indices first, then image-space noise (REFERENCE.md section 5).
+    gen = torch.Generator().manual_seed(3)
+    t_index = torch.randint(1000, (2,), generator=gen)
+    noise = torch.randn(2, 1, 8, 8, 8, generator=gen)
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    abar = torch.from_numpy(np.cumprod(1.0 - betas))[t_index].view(-1, 1, 1, 1, 1)
+    target_volume = volumes[:, order.index(MRISequence(target))].unsqueeze(1).double()
+    expected_x0 = dwt3d(target_volume)
+    expected_x0[:, 0] /= 3.0  # LLL / 3; the noise is not scaled
+    expected_xt = abar.sqrt() * expected_x0 + (1 - abar).sqrt() * dwt3d(noise.double())
+    conditions = [
+        dwt3d(volumes[:, order.index(seq)].unsqueeze(1).double()) for seq in condition_order(target)
+    ]
+    for cond in conditions:
+        cond[:, 0] /= 3.0
+
+    assert torch.equal(t, t_index)  # 1000-step schedule: the timestep value is the index
+    torch.testing.assert_close(x0.double(), expected_x0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(x_in[:, :8].double(), expected_xt, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_in[:, 8:].double(), torch.cat(conditions, dim=1), atol=1e-6, rtol=0)
+
+
+def test_training_cases_are_preprocessed_like_inference(train_dir):
+    data = TrainingCases.from_folder(train_dir, MULTIPLE)
+    assert len(data) == 2
+    raw = nib.load(train_dir / CASES[1] / f"{CASES[1]}-t2w.nii.gz").get_fdata()
+    low, high = np.percentile(raw, [0.1, 99.9])
+    expected = (np.clip(raw, low, high) - low) / (high - low)
+    volumes = data[1]
+    assert volumes.shape == (4, *SHAPE) and volumes.dtype == torch.float32
+    np.testing.assert_allclose(volumes[2].numpy(), expected, atol=1e-6)  # canonical order: t2w third
+
+
+def test_incomplete_cases_are_not_training_cases(train_dir):
+    for case in CASES:
+        (train_dir / case / f"{case}-t1c.nii.gz").unlink()
+    with pytest.raises(CwdmError, match="no complete training cases"):
+        TrainingCases.from_folder(train_dir, MULTIPLE)
+
+
+# -- learning ---------------------------------------------------------------------------------------
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_dir, tmp_path):
+    run = trainer(train_dir, tmp_path / "out", iterations=30, save_every=1000)
+    volumes = torch.stack([run.data[0], run.data[1]])
+    x_in, t, x0 = training_batch(volumes, run.config.target, run.schedule, torch.Generator().manual_seed(123))
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(torch.mean((run.model.eval()(x_in, t) - x0) ** 2))
+
+    before = fixed_loss()
+    run.run()
+    after = fixed_loss()
+    assert after < 0.6 * before, (before, after)
+
+
+def test_ema_follows_its_recurrence(train_dir, tmp_path):
+    run = trainer(train_dir, tmp_path / "out", ema_rate=0.9)
+    start = [p.detach().clone() for p in run.model.parameters()]
+    run.train_step()
+    for ema, p0, p1 in zip(run.ema.parameters(), start, run.model.parameters(), strict=True):
+        torch.testing.assert_close(ema, 0.9 * p0 + 0.1 * p1.detach(), atol=1e-7, rtol=1e-6)
+    assert any(not torch.equal(p0, p1) for p0, p1 in zip(start, run.model.parameters(), strict=True))
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def _losses(run: Trainer) -> list[tuple[int, float]]:
+    seen: list[tuple[int, float]] = []
+    run.run(on_log=lambda report: seen.append((report.step, report.loss)))
+    return seen
+
+
+def _assert_same_state(a: Trainer, b: Trainer) -> None:
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    for key, value in a.ema.state_dict().items():
+        assert torch.equal(value, b.ema.state_dict()[key]), key
+    state_a, state_b = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert state_a["param_groups"] == state_b["param_groups"]
+    for index, entry in state_a["state"].items():
+        for name, tensor in entry.items():
+            assert torch.equal(tensor, state_b["state"][index][name]), (index, name)
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    assert a.step == b.step
+
+
+def test_save_then_resume_continues_bit_identically(train_dir, tmp_path):
+    settings = {"ema_rate": 0.9, "crop_size": (8, 8, 8)}  # every kind of draw and state in play
+    straight = trainer(train_dir, tmp_path / "straight", **settings)
+    straight_losses = _losses(straight)
+
+    interrupted = trainer(train_dir, tmp_path / "interrupted", iterations=3, **settings)
+    first_losses = _losses(interrupted)
+    checkpoint = interrupted.latest_checkpoint()
+    assert checkpoint is not None and checkpoint.name == "step_00000003.pt"
+
+    resumed = trainer(train_dir, tmp_path / "interrupted", **settings)  # a fresh process, in effect
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.step == 3
+    resumed_losses = _losses(resumed)
+
+    assert first_losses + resumed_losses == straight_losses
+    assert len(straight_losses) == 6 and len({loss for _, loss in straight_losses}) == 6
+    _assert_same_state(straight, resumed)
+    for name in ("t2f.safetensors", "model.yaml"):
+        a = (tmp_path / "straight" / "weights" / name).read_bytes()
+        assert a == (tmp_path / "interrupted" / "weights" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"lr": 2e-3}, "lr"),
+        ({"target": "t1n"}, "target"),
+        ({"seed": 6}, "seed"),
+        ({"crop_size": (8, 8, 8)}, "crop_size"),
+        ({"spec": TINY_SPEC.model_copy(update={"num_res_blocks": 2})}, "spec"),
+    ],
+    ids=["lr", "target", "seed", "crop", "architecture"],
+)
+def test_resuming_with_changed_settings_is_refused(train_dir, tmp_path, change, named):
+    first = trainer(train_dir, tmp_path / "a", iterations=3)
+    first.run()
+    other = trainer(train_dir, tmp_path / "b", **change)
+    with pytest.raises(CheckpointError, match=rf"different settings \({named}\); cannot resume"):
+        other.load_checkpoint(first.latest_checkpoint())
+    assert other.step == 0
+
+
+def test_longer_run_and_other_intervals_may_resume(train_dir, tmp_path):
+    first = trainer(train_dir, tmp_path / "a", iterations=3)
+    first.run()
+    longer = trainer(train_dir, tmp_path / "a", iterations=9, save_every=4, log_every=2)
+    longer.load_checkpoint(first.latest_checkpoint())
+    assert longer.step == 3
+
+
+def test_unreadable_or_foreign_checkpoints_are_refused(train_dir, tmp_path):
+    run = trainer(train_dir, tmp_path / "out")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read training checkpoint"):
+        run.load_checkpoint(garbage)
+    foreign = tmp_path / "weights.pt"
+    torch.save(run.model.state_dict(), foreign)
+    with pytest.raises(CheckpointError, match="not a cwdm training checkpoint"):
+        run.load_checkpoint(foreign)
+
+
+# -- exported weights -------------------------------------------------------------------------------
+@pytest.mark.parametrize("ema_rate", [None, 0.9])
+def test_exported_weights_reproduce_the_model(train_dir, tmp_path, ema_rate):
+    run = trainer(train_dir, tmp_path / "out", iterations=2, ema_rate=ema_rate)
+    path = run.run()
+    weights = WeightsDir.open(run.weights_dir)
+    assert weights.spec == TINY_SPEC and weights.checkpoint(MRISequence.T2F) == path
+    loaded = load_denoiser(path, weights.spec.denoiser_config())
+    source = run.ema if ema_rate else run.model
+    x, t = torch.randn(2, 32, 8, 8, 6, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), source.eval()(x, t))
+        if ema_rate:  # the export is the average, not the raw weights
+            assert not torch.equal(loaded(x, t), run.model.eval()(x, t))
+
+
+def test_export_refuses_a_directory_of_another_model(train_dir, tmp_path):
+    run = trainer(train_dir, tmp_path / "out", iterations=1)
+    run.weights_dir.mkdir(parents=True)
+    (run.weights_dir / "model.yaml").write_text(ModelSpec().to_yaml())
+    with pytest.raises(ConfigError, match="describes a different model"):
+        run.export_weights()
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"crop_size": (6, 8, 8)}, "crop_size must be three positive multiples of 4"),
+        ({"iterations": 0}, "iterations"),
+        ({"precision": "fp8"}, "precision"),
+        ({"ema_rate": 1.0}, "ema_rate"),
+    ],
+)
+def test_invalid_settings_raise(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        config(**changes)
+
+
+def test_crop_larger_than_the_volume_raises(train_dir, tmp_path):
+    run = trainer(train_dir, tmp_path / "out", crop_size=(32, 8, 8))
+    with pytest.raises(ConfigError, match=r"exceeds the volume's network shape \(16, 16, 12\)"):
+        run.train_step()
+
+
+# -- the command ------------------------------------------------------------------------------------
+TINY_OPTIONS = [
+    "--target",
+    "t1c",
+    "--model-channels",
+    "8",
+    "--channel-mult",
+    "1,2",
+    "--num-res-blocks",
+    "1",
+    "--num-groups",
+    "8",
+    "--lr",
+    "1e-3",
+    "--save-every",
+    "2",
+    "--log-every",
+    "1",
+    "--crop",
+    "8,8,8",
+]
+
+
+def test_cli_train_runs_end_to_end_and_resumes(train_dir, tmp_path):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"weights: {out / 'weights' / 't1c.safetensors'}" in result.output
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
+
+    result = runner.invoke(app, ["train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "5"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "train_log.csv").open()))
+    assert [int(row["step"]) for row in rows] == [1, 2, 3, 4, 5]  # resumed at 3, nothing repeated
+    assert all(math.isfinite(float(row["loss"])) for row in rows)
+    weights = WeightsDir.open(out / "weights")
+    assert weights.spec.model_channels == 8 and weights.spec.channel_mult == (1, 2)
+    load_denoiser(weights.checkpoint(MRISequence.T1C), weights.spec.denoiser_config())
+
+    result = runner.invoke(
+        app, ["train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "6", "--lr", "1"]
+    )
+    assert result.exit_code == 2 and "different settings (lr)" in result.output
