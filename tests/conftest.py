@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
+from cwdm.checkpoints import write_state_dict
+from cwdm.config import ModelSpec
 from cwdm.denoiser import Denoiser, DenoiserConfig
+from cwdm.sequences import CANONICAL_ORDER
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO / "tests" / "reference"
@@ -54,3 +60,81 @@ def smooth_blobs(shape: tuple[int, ...], seed: int, count: int = 3) -> torch.Ten
         volume += torch.exp(-dist2 / (2 * width**2))
     volume[volume < 0.05] = 0.0
     return (volume / volume.max()).float()
+
+
+# -- synthetic cases and weights directories (pipeline, CLI and MLCube tests) -------------------------
+
+#: A non-identity voxel-to-world affine (rotation about z, anisotropic voxels, x flipped, offset origin).
+#: Rigid rotation times zooms, so that the qform can hold it exactly, like the sform.
+_ANGLE = np.deg2rad(10.0)
+AFFINE = np.array(
+    [
+        [-1.2 * np.cos(_ANGLE), -0.9 * np.sin(_ANGLE), 0.0, 91.5],
+        [-1.2 * np.sin(_ANGLE), 0.9 * np.cos(_ANGLE), 0.0, -17.25],
+        [0.0, 0.0, 2.0, -40.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def write_volume(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    """Save ``data`` as NIfTI with ``affine`` in both sform (code 1) and qform (code 1)."""
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    image.header.set_sform(affine, code=1)
+    image.header.set_qform(affine, code=1)
+    nib.save(image, path)
+    return path
+
+
+def write_case(
+    root: Path,
+    case_id: str,
+    missing: str | None = "t2f",
+    shape: tuple[int, int, int] = (26, 20, 14),
+    seed: int = 0,
+    affine: np.ndarray = AFFINE,
+) -> Path:
+    """A case folder of seeded blob volumes (intensities 0..1000) with ``missing`` left out."""
+    folder = root / case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, seq in enumerate(CANONICAL_ORDER):
+        if seq == missing:
+            continue
+        volume = smooth_blobs(shape, seed=100 * seed + index).numpy() * 1000.0
+        write_volume(folder / f"{case_id}-{seq}.nii.gz", volume, affine)
+    return folder
+
+
+#: model.yaml of the tiny test models: two levels, two sampling steps.
+TINY_SPEC = ModelSpec(
+    model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8, sampling_steps=2, sampler="ddpm"
+)
+
+
+def write_tiny_weights(
+    folder: Path,
+    targets: tuple[str, ...] = tuple(str(seq) for seq in CANONICAL_ORDER),
+    spec: ModelSpec = TINY_SPEC,
+) -> Path:
+    """A weights directory: model.yaml plus ``<target>.safetensors`` of randomised tiny denoisers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    for index, target in enumerate(targets):
+        model = randomised(Denoiser(spec.denoiser_config()), seed=index, scale=0.05)
+        write_state_dict(model.state_dict(), folder / f"{target}.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention weights directory with all four tiny models."""
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+def tree_checksums(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` by relative path (to show that inputs are untouched)."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }

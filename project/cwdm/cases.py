@@ -41,6 +41,12 @@ class Case:
         return tuple(seq for seq in CANONICAL_ORDER if seq not in self.files)
 
     @property
+    def expects_synthesis(self) -> bool:
+        """Exactly one sequence is absent: a case the challenge expects an output for (even when a
+        problem with its files stops it from getting one)."""
+        return len(self.missing) == 1
+
+    @property
     def is_complete(self) -> bool:
         """All four sequences are present (a training case; nothing to synthesise)."""
         return not self.missing and not self.problems
@@ -85,10 +91,14 @@ def read_case(folder: Path) -> Case:
     case_id = folder.name
     files: dict[MRISequence, Path] = {}
     problems: list[str] = []
-    for path in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        return Case(case_id, folder, problems=(f"cannot list the folder ({exc.strerror or exc})",))
+    for path in entries:
         match = _VOLUME_NAME.match(path.name)
-        if path.name.startswith(".") or match is None:
-            continue  # hidden files, -seg files, notes: not ours to judge
+        if path.name.startswith(".") or match is None or path.is_dir():
+            continue  # hidden files, -seg files, notes, sub-folders: not ours to judge
         seq = MRISequence(match["seq"])
         if match["prefix"] != case_id:
             problems.append(

@@ -8,6 +8,7 @@ before any case runs. Validation uses pydantic (strict types: ``"100"`` is not a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,6 +148,25 @@ def load_run_parameters(path: Path | None) -> RunParameters:
     if path is None:
         return RunParameters()
     return parse_run_parameters(_read_yaml(path), str(path))
+
+
+def override_run_parameters(
+    params: RunParameters, overrides: Mapping[str, Any], source: str = "command-line options"
+) -> RunParameters:
+    """``params`` with some keys replaced, validated like a file (keys are the parameters.yaml keys).
+
+    Args:
+        params: The parameters read from a file (or the defaults).
+        overrides: New values by key; ``None`` values leave the key as it is.
+        source: Named in error messages.
+
+    Raises:
+        ConfigError: unknown key, wrong type or out-of-range value.
+    """
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    if not changes:
+        return params
+    return parse_run_parameters({**params.model_dump(), **changes}, source)
 
 
 def load_model_spec(path: Path) -> ModelSpec:

@@ -222,9 +222,10 @@ def output_header(reference: nib.Nifti1Header) -> nib.Nifti1Header:
 def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Path) -> Path:
     """Write ``data`` as a float32 NIfTI on the reference header's grid, atomically.
 
-    The file is written to a hidden temporary name next to ``path`` (``.cwdm-*.part``), flushed to
-    disk, then renamed over ``path``: readers never see a partial file, and a pre-existing symbolic
-    link at ``path`` is replaced, never written through.
+    The file is written to a hidden temporary name next to ``path`` (``.cwdm-<name>.<random>.part``,
+    which does not end in ``.nii.gz``), flushed to disk, then renamed over ``path``: readers never see
+    a partial file, and a pre-existing symbolic link at ``path`` is replaced, never written through.
+    Only a killed process can leave the temporary file behind; :func:`remove_partial_files` clears it.
 
     Raises:
         OSError: the folder is not writable, the disk is full, ...; no temporary file remains.
@@ -232,7 +233,7 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
     path = Path(path)
     image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), None, output_header(reference))
     fd, tmp_name = tempfile.mkstemp(
-        prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX + "".join(path.suffixes), dir=path.parent
+        prefix=f"{PARTIAL_PREFIX}{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent
     )
     tmp = Path(tmp_name)
     try:
@@ -249,3 +250,19 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that an interrupted :func:`write_volume_atomic` left in ``folder``.
+
+    Only hidden files named ``.cwdm-*.part`` are touched: nothing else in the folder is ours to delete.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}")):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
