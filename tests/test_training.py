@@ -12,9 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cwdm import CheckpointError, ConfigError, CwdmError, dwt3d, load_denoiser
+from cwdm import CheckpointError, ConfigError, CwdmError, GeometryError, dwt3d, load_denoiser
 from cwdm.cli import app
 from cwdm.config import ModelSpec
+from cwdm.errors import VolumeReadError
 from cwdm.sequences import MRISequence, condition_order
 from cwdm.training import Trainer, TrainingCases, TrainingConfig, training_batch
 from cwdm.weights import WeightsDir
@@ -109,6 +110,20 @@ def test_training_cases_are_preprocessed_like_inference(train_dir):
     np.testing.assert_allclose(volumes[2].numpy(), expected, atol=1e-6)  # canonical order: t2w third
 
 
+def test_a_case_on_two_grids_or_with_a_corrupt_file_is_named(train_dir):
+    data = TrainingCases.from_folder(train_dir, MULTIPLE)
+    case = CASES[1]
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 2.0
+    raw = smooth_blobs(SHAPE, 0).numpy().astype(np.float32)
+    nib.save(nib.Nifti1Image(raw, shifted), train_dir / case / f"{case}-t2w.nii.gz")
+    with pytest.raises(GeometryError, match=rf"{case}: t2w grid differs from t1n"):
+        data[1]
+    (train_dir / case / f"{case}-t1c.nii.gz").write_bytes(b"corrupt")
+    with pytest.raises(VolumeReadError, match=rf"{case}: cannot read"):
+        data[1]
+
+
 def test_incomplete_cases_are_not_training_cases(train_dir):
     for case in CASES:
         (train_dir / case / f"{case}-t1c.nii.gz").unlink()
@@ -132,6 +147,46 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_dir, tmp_path):
     assert after < 0.6 * before, (before, after)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_loop_draws_in_the_documented_order(train_dir, tmp_path, cache):
+    """Per step: case picks, crop offsets (even, per case and axis), timesteps, noise; one generator
+    seeded with ``seed``. Pins the numerics of a seed: an extra draw anywhere would show here."""
+    data = TrainingCases.from_folder(train_dir, MULTIPLE, cache=cache)
+    run = Trainer(config(crop_size=(8, 8, 4), batch_size=2, iterations=3), data, tmp_path / "out")
+    seen = []
+    run.model.register_forward_pre_hook(lambda module, args: seen.append([a.clone() for a in args]))
+    run.run()
+
+    gen = torch.Generator().manual_seed(5)
+    for x_in, t in seen:
+        picks = torch.randint(len(data), (2,), generator=gen)
+        crops = []
+        for i in picks:
+            volume = data[int(i)]
+            x, y, z = (
+                2 * int(torch.randint((n - c) // 2 + 1, (1,), generator=gen))
+                for n, c in zip(SHAPE, (8, 8, 4), strict=True)
+            )
+            crops.append(volume[:, x : x + 8, y : y + 8, z : z + 4])
+        expected_x_in, expected_t, _ = training_batch(torch.stack(crops), MRISequence.T2F, run.schedule, gen)
+        assert torch.equal(t, expected_t)
+        assert torch.equal(x_in, expected_x_in)
+    assert len(seen) == 3
+
+
+@pytest.mark.parametrize(("cache", "cache_bytes"), [(False, None), (True, 4 * 16 * 16 * 12 * 4)])
+def test_reading_cases_in_the_background_changes_nothing(train_dir, tmp_path, cache, cache_bytes):
+    settings = {"crop_size": (8, 8, 8), "batch_size": 2}
+    cached = trainer(train_dir, tmp_path / "cached", **settings)
+    expected = _losses(cached)
+    data = TrainingCases.from_folder(train_dir, MULTIPLE, cache=cache, cache_bytes=cache_bytes)
+    streamed = Trainer(config(**settings), data, tmp_path / "streamed")
+    assert _losses(streamed) == expected
+    _assert_same_state(cached, streamed, ema=False)
+    assert sum(data.is_cached(i) for i in range(len(data))) == (1 if cache else 0)  # budget: one case
+    assert streamed._pool is None and not streamed._prefetched  # background readers stopped
+
+
 def test_ema_follows_its_recurrence(train_dir, tmp_path):
     run = trainer(train_dir, tmp_path / "out", ema_rate=0.9)
     start = [p.detach().clone() for p in run.model.parameters()]
@@ -148,10 +203,10 @@ def _losses(run: Trainer) -> list[tuple[int, float]]:
     return seen
 
 
-def _assert_same_state(a: Trainer, b: Trainer) -> None:
+def _assert_same_state(a: Trainer, b: Trainer, ema: bool = True) -> None:
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key]), key
-    for key, value in a.ema.state_dict().items():
+    for key, value in a.ema.state_dict().items() if ema else ():
         assert torch.equal(value, b.ema.state_dict()[key]), key
     state_a, state_b = a.optimizer.state_dict(), b.optimizer.state_dict()
     assert state_a["param_groups"] == state_b["param_groups"]
@@ -203,6 +258,23 @@ def test_resuming_with_changed_settings_is_refused(train_dir, tmp_path, change, 
     with pytest.raises(CheckpointError, match=rf"different settings \({named}\); cannot resume"):
         other.load_checkpoint(first.latest_checkpoint())
     assert other.step == 0
+
+
+def test_resume_drops_log_rows_past_the_checkpoint_and_streams_cases(train_dir, tmp_path):
+    settings = {"crop_size": (8, 8, 8), "save_every": 2}
+    straight = trainer(train_dir, tmp_path / "straight", iterations=4, **settings)
+    expected = _losses(straight)
+    first = trainer(train_dir, tmp_path / "run", iterations=3, **settings)
+    first.run()
+    (tmp_path / "run" / "checkpoints" / "step_00000003.pt").unlink()  # stopped before saving step 3
+    data = TrainingCases.from_folder(train_dir, MULTIPLE, cache=False)
+    resumed = Trainer(config(iterations=4, **settings), data, tmp_path / "run")
+    resumed.load_checkpoint(resumed.latest_checkpoint())
+    assert resumed.step == 2
+    assert _losses(resumed) == expected[2:]
+    rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
+    assert [int(row["step"]) for row in rows] == [1, 2, 3, 4]
+    assert [float(row["loss"]) for row in rows] == pytest.approx([loss for _, loss in expected], rel=1e-5)
 
 
 def test_longer_run_and_other_intervals_may_resume(train_dir, tmp_path):
@@ -300,7 +372,8 @@ def test_cli_train_runs_end_to_end_and_resumes(train_dir, tmp_path):
     assert f"weights: {out / 'weights' / 't1c.safetensors'}" in result.output
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
 
-    result = runner.invoke(app, ["train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "5"])
+    streamed = ["--iterations", "5", "--cache-gb", "0"]  # cases read from disk at every draw
+    result = runner.invoke(app, ["train", str(train_dir), str(out), *TINY_OPTIONS, *streamed])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "train_log.csv").open()))
     assert [int(row["step"]) for row in rows] == [1, 2, 3, 4, 5]  # resumed at 3, nothing repeated

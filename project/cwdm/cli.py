@@ -77,6 +77,13 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue from the newest checkpoint in OUT/checkpoints.")
     ] = True,
+    cache_gb: Annotated[
+        float,
+        typer.Option(
+            help="Keep up to this many GB of preprocessed cases in memory (a BraTS case: 0.13 GB); "
+            "the others are read, in the background, whenever drawn."
+        ),
+    ] = 16.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train one target's denoiser; multi-GPU with ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
@@ -109,7 +116,9 @@ def train(
             seed=seed,
             precision=precision,
         )
-        data_set = TrainingCases.from_folder(data, 2 * spec.denoiser_config().size_multiple)
+        data_set = TrainingCases.from_folder(
+            data, 2 * spec.denoiser_config().size_multiple, cache_bytes=int(cache_gb * 1e9)
+        )
         trainer = make_trainer(config, data_set, out, weights_dir)
         if resume and (latest := trainer.latest_checkpoint()) is not None:
             trainer.load_checkpoint(latest)

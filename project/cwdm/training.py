@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,10 +38,10 @@ from .cases import Case, discover_cases
 from .checkpoints import write_state_dict
 from .config import ModelSpec
 from .denoiser import Denoiser
-from .errors import CheckpointError, ConfigError, CwdmError
+from .errors import CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
 from .schedule import NoiseSchedule
 from .sequences import CANONICAL_ORDER, MRISequence, condition_order
-from .volumes import NetworkLayout, normalise, read_volume
+from .volumes import NetworkLayout, VolumeError, describe_grid, normalise, read_volume, same_grid
 from .wavelets import build_condition, dwt3d, encode
 from .weights import MODEL_SPEC_NAME
 
@@ -119,38 +122,78 @@ class TrainingConfig:
 class TrainingCases:
     """Complete cases of a training folder, preprocessed exactly as at inference.
 
+    Safe to read from several threads (the trainer prefetches the next step's cases in the
+    background when they are not all in memory).
+
     Args:
         cases: Cases with all four sequences.
         multiple: Image-space size multiple of the network (``2 * size_multiple``).
         cache: Keep each preprocessed case in memory after its first load.
+        cache_bytes: Keep at most this many bytes of cases in memory (``None``: no limit); the others
+            are read again whenever they are drawn. A BraTS case takes 128 MiB in the network layout.
     """
 
-    def __init__(self, cases: list[Case], multiple: int, cache: bool = True) -> None:
+    def __init__(
+        self, cases: list[Case], multiple: int, cache: bool = True, cache_bytes: int | None = None
+    ) -> None:
         if not cases:
             raise CwdmError("no complete training cases (folders with all four sequences) found")
         self.cases = cases
         self.multiple = multiple
         self._cache: dict[int, Tensor] | None = {} if cache else None
+        self._cache_left = math.inf if cache_bytes is None else cache_bytes
+        self._lock = threading.Lock()
 
     @classmethod
-    def from_folder(cls, data_dir: Path, multiple: int, cache: bool = True) -> TrainingCases:
+    def from_folder(
+        cls, data_dir: Path, multiple: int, cache: bool = True, cache_bytes: int | None = None
+    ) -> TrainingCases:
         complete = [case for case in discover_cases(data_dir) if case.is_complete]
-        return cls(complete, multiple, cache)
+        return cls(complete, multiple, cache, cache_bytes)
 
     def __len__(self) -> int:
         return len(self.cases)
 
+    def is_cached(self, index: int) -> bool:
+        """Whether case ``index`` is in memory (drawing it costs no file reading)."""
+        return self._cache is not None and index in self._cache
+
     def __getitem__(self, index: int) -> Tensor:
-        """``(4, X, Y, Z)`` float32 network-layout volumes in canonical order (t1n, t1c, t2w, t2f)."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        case = self.cases[index]
-        volumes = [read_volume(case.files[seq]) for seq in CANONICAL_ORDER]
-        layout = NetworkLayout.for_shape(volumes[0].shape, self.multiple)
-        stacked = torch.from_numpy(np.stack([layout.to_network(normalise(v.data)) for v in volumes]))
+        """``(4, X, Y, Z)`` float32 network-layout volumes in canonical order (t1n, t1c, t2w, t2f).
+
+        Raises:
+            VolumeReadError: a file of the case is unreadable or not a 3D volume.
+            GeometryError: the four sequences do not share one grid.
+        """
+        if self._cache is not None and (cached := self._cache.get(index)) is not None:
+            return cached
+        stacked = self.load(index)
         if self._cache is not None:
-            self._cache[index] = stacked
+            with self._lock:
+                if index not in self._cache and stacked.nbytes <= self._cache_left:
+                    self._cache[index] = stacked
+                    self._cache_left -= stacked.nbytes
         return stacked
+
+    def load(self, index: int) -> Tensor:
+        """Read and preprocess case ``index`` from disk (no cache); as :meth:`__getitem__`."""
+        case = self.cases[index]
+        volumes = []
+        for seq in CANONICAL_ORDER:
+            try:
+                volumes.append(read_volume(case.files[seq]))
+            except VolumeError as exc:
+                raise VolumeReadError(case.case_id, str(exc), case.files[seq]) from exc
+        for seq, volume in zip(CANONICAL_ORDER[1:], volumes[1:], strict=True):
+            if not same_grid(volume, volumes[0]):
+                raise GeometryError(
+                    case.case_id,
+                    f"{seq} grid differs from t1n ({describe_grid(volume)} vs {describe_grid(volumes[0])}); "
+                    "the four sequences of a training case must share one grid",
+                    case.files[seq],
+                )
+        layout = NetworkLayout.for_shape(volumes[0].shape, self.multiple)
+        return torch.from_numpy(np.stack([layout.to_network(normalise(v.data)) for v in volumes]))
 
 
 def _random_crop(volumes: Tensor, size: tuple[int, int, int] | None, generator: torch.Generator) -> Tensor:
@@ -235,6 +278,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.generator = torch.Generator().manual_seed(config.seed + self.rank)
         self.step = 0
+        # Cases of the next step being read in the background (only for cases not in memory).
+        self._prefetched: dict[int, Future[Tensor]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._module: nn.Module = (
             DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -247,8 +293,40 @@ class Trainer:
     def _next_volumes(self) -> Tensor:
         """Draw ``batch_size`` cases (uniformly, from the loop's generator) and crop them."""
         picks = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
-        crops = [_random_crop(self.data[int(i)], self.config.crop_size, self.generator) for i in picks]
+        crops = [_random_crop(self._case(int(i)), self.config.crop_size, self.generator) for i in picks]
+        for future in self._prefetched.values():  # a guess that did not come true (after a resume)
+            future.cancel()
+        self._prefetched.clear()
         return torch.stack(crops)
+
+    def _case(self, index: int) -> Tensor:
+        future = self._prefetched.pop(index, None)
+        return future.result() if future is not None else self.data[index]
+
+    def _prefetch_next(self) -> None:
+        """Start reading the cases the next step will draw, while this step computes.
+
+        The next step's case draw is the generator's next draw; it is made here on a copy of the
+        generator, so the loop's own sequence of draws (and so its numerics) does not change.
+        """
+        peek = torch.Generator()
+        peek.set_state(self.generator.get_state())
+        picks = torch.randint(len(self.data), (self.config.batch_size,), generator=peek).tolist()
+        wanted = [i for i in dict.fromkeys(picks) if not self.data.is_cached(i) and i not in self._prefetched]
+        if not wanted:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.config.batch_size, thread_name_prefix="cwdm-prefetch")
+        for index in wanted:
+            self._prefetched[index] = self._pool.submit(self.data.__getitem__, index)
+
+    def _stop_prefetch(self) -> None:
+        for future in self._prefetched.values():
+            future.cancel()
+        self._prefetched.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # -- one step -----------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -261,6 +339,7 @@ class Trainer:
         """One optimiser step; returns the batch loss."""
         volumes = self._next_volumes()
         x_in, t, x0 = training_batch(volumes, self.config.target, self.schedule, self.generator)
+        self._prefetch_next()  # every draw of this step is made: the next case draw is known
         x_in, t, x0 = x_in.to(self.device), t.to(self.device), x0.to(self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -368,43 +447,65 @@ class Trainer:
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         start, start_step, losses = time.perf_counter(), self.step, []
-        with _CsvLog(log_path, enabled=self.rank == 0) as csv_log:
-            while self.step < cfg.iterations:
-                loss = self.train_step()
-                if not math.isfinite(loss):
-                    raise CwdmError(f"loss became {loss} at step {self.step}; lower the learning rate")
-                losses.append(loss)
-                if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-                    elapsed = time.perf_counter() - start
-                    report = StepReport(
-                        step=self.step,
-                        loss=float(np.mean(losses)),
-                        elapsed_s=elapsed,
-                        steps_per_s=(self.step - start_step) / elapsed if elapsed > 0 else 0.0,
-                    )
-                    csv_log.write(report)
-                    losses.clear()
-                    if on_log is not None:
-                        on_log(report)
-                if self.step % cfg.save_every == 0 or self.step == cfg.iterations:
-                    self.save_checkpoint()
+        try:
+            with _CsvLog(log_path, enabled=self.rank == 0, resume_step=self.step) as csv_log:
+                while self.step < cfg.iterations:
+                    loss = self.train_step()
+                    if not math.isfinite(loss):
+                        raise CwdmError(f"loss became {loss} at step {self.step}; lower the learning rate")
+                    losses.append(loss)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+                        elapsed = time.perf_counter() - start
+                        report = StepReport(
+                            step=self.step,
+                            loss=float(np.mean(losses)),
+                            elapsed_s=elapsed,
+                            steps_per_s=(self.step - start_step) / elapsed if elapsed > 0 else 0.0,
+                        )
+                        csv_log.write(report)
+                        losses.clear()
+                        if on_log is not None:
+                            on_log(report)
+                    if self.step % cfg.save_every == 0 or self.step == cfg.iterations:
+                        self.save_checkpoint()
+        finally:
+            self._stop_prefetch()
         return self.weights_dir / f"{cfg.target}.safetensors"
 
 
 class _CsvLog:
-    """Append-only CSV of :class:`StepReport` rows (opened by rank 0 only)."""
+    """Append-only CSV of :class:`StepReport` rows (opened by rank 0 only).
 
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
+    On resume, rows logged after the checkpoint's step (the run went on past its last checkpoint
+    before it stopped) are dropped, as those steps are trained again.
+    """
+
+    _HEADER = ["step", "loss", "elapsed_s", "steps_per_s"]
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int = 0) -> None:
+        self.path, self.enabled, self.resume_step = path, enabled, resume_step
         self._handle: Any = None
+
+    def _drop_rows_after_resume_step(self) -> None:
+        rows = list(csv.reader(self.path.open(newline="")))
+        kept = [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= self.resume_step]
+        if len(kept) == len(rows) - 1:
+            return
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([rows[0], *kept])
+        tmp = self.path.with_name(self.path.name + ".part")
+        tmp.write_text(buffer.getvalue(), newline="")
+        os.replace(tmp, self.path)
 
     def __enter__(self) -> _CsvLog:
         if self.enabled:
             new = not self.path.exists()
+            if not new:
+                self._drop_rows_after_resume_step()
             self._handle = self.path.open("a", newline="")
             self._writer = csv.writer(self._handle)
             if new:
-                self._writer.writerow(["step", "loss", "elapsed_s", "steps_per_s"])
+                self._writer.writerow(self._HEADER)
         return self
 
     def write(self, report: StepReport) -> None:
