@@ -97,7 +97,9 @@ def test_read_volume_rejects_bad_files(tmp_path: Path, content: str, match: str)
 # -- preprocessing -----------------------------------------------------------------------------------
 def test_normalise_matches_float64_oracle_on_synthetic_volume() -> None:
     rng = np.random.default_rng(0)
-    data = smooth_blobs((18, 16, 12), seed=3).numpy().astype(np.float64) * 900 + rng.normal(0, 5, (18, 16, 12))
+    data = smooth_blobs((18, 16, 12), seed=3).numpy().astype(np.float64) * 900 + rng.normal(
+        0, 5, (18, 16, 12)
+    )
     data[0, 0, 0] = 1e5  # an outlier that the 99.9 percentile clip must remove
     before = data.copy()
     result = normalise(data)

@@ -5,9 +5,21 @@ The public, stable API is listed in ``__all__``; see README.md for a runnable ex
 
 from __future__ import annotations
 
+from .cases import Case, discover_cases
 from .checkpoints import load_denoiser, read_state_dict, write_state_dict
+from .config import RunParameters, load_run_parameters
 from .denoiser import Denoiser, DenoiserConfig
-from .errors import CaseError, CheckpointError, ConfigError, CwdmError, GeometryError, ShapeError
+from .errors import (
+    CaseError,
+    CheckpointError,
+    ConfigError,
+    CwdmError,
+    GeometryError,
+    ShapeError,
+    VolumeReadError,
+)
+from .pipeline import CaseResult, RunReport, Synthesizer, needed_targets, write_report
+from .runtime import Runtime, resolve_runtime
 from .sampling import sample
 from .schedule import NoiseSchedule
 from .sequences import CANONICAL_ORDER, MRISequence, condition_order
@@ -17,7 +29,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CANONICAL_ORDER",
+    "Case",
     "CaseError",
+    "CaseResult",
     "CheckpointError",
     "ConfigError",
     "CwdmError",
@@ -26,16 +40,26 @@ __all__ = [
     "GeometryError",
     "MRISequence",
     "NoiseSchedule",
+    "RunParameters",
+    "RunReport",
+    "Runtime",
     "ShapeError",
+    "Synthesizer",
+    "VolumeReadError",
     "build_condition",
     "clip_coeffs",
     "condition_order",
     "decode",
+    "discover_cases",
     "dwt3d",
     "encode",
     "idwt3d",
     "load_denoiser",
+    "load_run_parameters",
+    "needed_targets",
     "read_state_dict",
+    "resolve_runtime",
     "sample",
+    "write_report",
     "write_state_dict",
 ]

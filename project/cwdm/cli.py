@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from .errors import CwdmError
+
+if TYPE_CHECKING:
+    from .pipeline import CaseResult, RunReport
 
 app = typer.Typer(
     name="cwdm",
@@ -37,6 +44,115 @@ def _root() -> None:
 def _fail(exc: CwdmError) -> typer.Exit:
     typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
     return typer.Exit(2)
+
+
+@app.command()
+def infer(
+    data: Annotated[
+        Path, typer.Argument(help="Input folder: one sub-folder per case, one sequence missing.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Output folder: receives <case>-<missing seq>.nii.gz only.")],
+    weights: Annotated[Path, typer.Option(help="Weights directory: a checkpoint per target, model.yaml.")],
+    parameters: Annotated[
+        Path | None, typer.Option(help="parameters.yaml (sampling_steps, sampler, seed, ...).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps (overrides sampling_steps).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddpm (published) or ddim.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed; each case's generator derives from it.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cuda or cpu.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Cases with the same target sampled together.")
+    ] = None,
+    postprocess: Annotated[str | None, typer.Option(help="brain_mask (default) or threshold.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Run report (JSON), outside OUT (default: OUT-report.json beside OUT)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Synthesise the missing sequence of every case in DATA into OUT (a rerun skips finished cases)."""
+    from .cases import discover_cases
+    from .config import load_run_parameters, override_run_parameters
+    from .pipeline import Synthesizer, check_report_path, needed_targets, write_report
+
+    console = _setup_rich_logging(verbose)
+    options = {"sampling_steps": steps, "sampler": sampler, "seed": seed, "device": device}
+    options |= {"precision": precision, "batch_size": batch_size, "postprocess": postprocess}
+    report_path = report or out.with_name(f"{out.name}-report.json")
+    try:
+        params = override_run_parameters(load_run_parameters(parameters), options)
+        check_report_path(report_path, out)
+        cases = discover_cases(data)
+        synth = Synthesizer.from_weights(weights, params, needed_targets(cases))
+        with _InferProgress(console, len(cases), synth.settings.steps) as progress:
+            result = synth.run(cases, out, on_case=progress.case_done, on_step=progress.step)
+        write_report(result, report_path)
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    _render_summary(result, report_path)
+    raise typer.Exit(result.exit_code)
+
+
+def _setup_rich_logging(verbose: bool) -> Console:
+    """Log through rich on stderr, so that log lines and the progress bar do not overwrite each other."""
+    console = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+    return console
+
+
+class _InferProgress:
+    """The progress bars of ``cwdm infer``: cases done, and sampling steps of the current batch."""
+
+    def __init__(self, console: Console, n_cases: int, n_steps: int) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.cases = self.bars.add_task("cases", total=n_cases)
+        self.steps = self.bars.add_task("sampling", total=n_steps, visible=False)
+
+    def __enter__(self) -> _InferProgress:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)  # type: ignore[arg-type]
+
+    def case_done(self, result: CaseResult) -> None:
+        del result  # each case's outcome and timing is logged by the pipeline
+        self.bars.advance(self.cases)
+
+    def step(self, case_ids: tuple[str, ...], done: int, total: int) -> None:
+        label = case_ids[0] if len(case_ids) == 1 else f"{case_ids[0]} +{len(case_ids) - 1}"
+        self.bars.update(
+            self.steps, description=f"sampling {label}", completed=done, total=total, visible=True
+        )
+
+
+def _render_summary(result: RunReport, report_path: Path) -> None:
+    table = Table(title=f"cwdm infer: {result.out_dir}", title_justify="left")
+    for column in ("case", "target", "status", "time (s)", "detail"):
+        table.add_column(column, justify="right" if column == "time (s)" else "left")
+    for case in result.cases:
+        timing = f"{case.elapsed_s:.1f}" if case.status == "written" else ""
+        table.add_row(case.case_id, case.target or "-", case.status, timing, case.error or "")
+    console = Console()
+    console.print(table)
+    counts = ", ".join(f"{result.count(s)} {s}" for s in ("written", "skipped", "failed", "ignored"))
+    console.print(
+        f"{counts} in {result.elapsed_s:.1f} s on {result.runtime.device} ({result.runtime.precision}, "
+        f"{result.settings.sampler} {result.settings.steps} steps); report: {report_path}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -1,0 +1,604 @@
+"""Synthesise the missing sequence of every case: models loaded once, one output file per case.
+
+Per case (README, "Running inference"): find the target (the one absent sequence); read the three
+present sequences in :func:`cwdm.condition_order`; check that they share one grid; preprocess them as
+in training (:func:`cwdm.volumes.normalise`, :class:`cwdm.volumes.NetworkLayout`); build the wavelet
+condition; sample the target's coefficients; decode; post-process (brain mask by default, or the
+challenge container's threshold; REFERENCE.md section 6); put the result back on the input grid; and
+write ``<case>-<target>.nii.gz`` (float32, header of the first condition sequence) atomically into the
+output folder. Cases with the same target are sampled together, ``batch_size`` at a time.
+
+Isolation: a :class:`cwdm.CaseError` (bad files, grids that differ, no model for the target) fails its
+case only; an unexpected exception is caught at one boundary (:meth:`Synthesizer._isolate`), logged with
+its traceback, and fails the cases it concerns; the run goes on. Errors in the configuration or the
+weights directory stop the run before any case (:class:`cwdm.ConfigError`, :class:`cwdm.CheckpointError`).
+
+Outputs that are already complete are skipped, so a rerun resumes. The output folder receives
+predictions only; the run report (:class:`RunReport`, JSON) is written elsewhere by the caller.
+The library never prints: progress is reported through the ``on_case`` and ``on_step`` callbacks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cases import Case
+from .checkpoints import load_denoiser
+from .config import PostprocessName, RunParameters, SamplerName
+from .denoiser import Denoiser
+from .errors import CaseError, CheckpointError, ConfigError, GeometryError, VolumeReadError
+from .runtime import Runtime, case_generator, resolve_runtime
+from .sampling import sample
+from .schedule import NoiseSchedule
+from .sequences import CANONICAL_ORDER, MRISequence, condition_order
+from .volumes import (
+    POSTPROCESSES,
+    NetworkLayout,
+    Volume,
+    VolumeError,
+    describe_grid,
+    normalise,
+    read_volume,
+    remove_partial_files,
+    same_grid,
+    write_volume_atomic,
+)
+from .wavelets import build_condition, decode
+from .weights import WeightsDir
+
+log = logging.getLogger(__name__)
+
+CaseStatus = Literal["written", "skipped", "failed", "ignored"]
+#: Called after each case with its result.
+CaseCallback = Callable[["CaseResult"], None]
+#: Called after every sampling step as ``on_step(case_ids, done, total)`` for the batch being sampled.
+StepCallback = Callable[[tuple[str, ...], int, int], None]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What happened to one case.
+
+    Attributes:
+        case_id: The case folder name.
+        status: ``written`` (output synthesised now), ``skipped`` (a complete output was already
+            there), ``failed`` (the case needed an output and did not get one) or ``ignored`` (not a
+            case with exactly one missing sequence, e.g. a complete training case).
+        target: The synthesised sequence, when known.
+        output: The output file (written or skipped cases).
+        elapsed_s: Wall time spent on the case; a batch's sampling time is shared equally.
+        error: Why the case failed or was ignored.
+        error_type: The exception's class name, for failed cases.
+    """
+
+    case_id: str
+    status: CaseStatus
+    target: MRISequence | None = None
+    output: Path | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The case has its output (written now or before)."""
+        return self.status in ("written", "skipped")
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "status": self.status,
+            "target": None if self.target is None else str(self.target),
+            "output": None if self.output is None else str(self.output),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "error": self.error,
+            "error_type": self.error_type,
+        }
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The effective sampling settings of a run: parameters.yaml over model.yaml over the published ones."""
+
+    steps: int
+    sampler: SamplerName
+    seed: int
+    batch_size: int
+    postprocess: PostprocessName
+
+    @classmethod
+    def resolve(cls, params: RunParameters, weights: WeightsDir) -> SamplingSettings:
+        """Fill the unset ``sampling_steps``/``sampler`` from the weights' ``model.yaml``.
+
+        Raises:
+            ConfigError: more sampling steps than the model's diffusion steps.
+        """
+        spec = weights.spec
+        steps = params.sampling_steps if params.sampling_steps is not None else spec.sampling_steps
+        if steps > spec.diffusion_steps:
+            raise ConfigError(
+                f"sampling_steps {steps} exceeds the model's {spec.diffusion_steps} diffusion steps "
+                f"({weights.root / 'model.yaml'}); use at most {spec.diffusion_steps}"
+            )
+        return cls(
+            steps=steps,
+            sampler=params.sampler or spec.sampler,
+            seed=params.seed,
+            batch_size=params.batch_size,
+            postprocess=params.postprocess,
+        )
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The outcome of :meth:`Synthesizer.run`; :func:`write_report` saves it as JSON.
+
+    Attributes:
+        cases: One result per case, in the order the cases were given.
+        out_dir: The output folder.
+        settings: The effective sampling settings.
+        runtime: Device and precision used.
+        models: The checkpoint used for each loaded target.
+        unavailable: Targets whose model could not be loaded, with the reason.
+        started_at: UTC start time, ISO 8601.
+        elapsed_s: Wall time of the run.
+    """
+
+    cases: tuple[CaseResult, ...]
+    out_dir: Path
+    settings: SamplingSettings
+    runtime: Runtime
+    models: Mapping[MRISequence, Path] = field(default_factory=dict)
+    unavailable: Mapping[MRISequence, str] = field(default_factory=dict)
+    started_at: str = ""
+    elapsed_s: float = 0.0
+
+    def count(self, status: CaseStatus) -> int:
+        return sum(result.status == status for result in self.cases)
+
+    @property
+    def expected(self) -> tuple[CaseResult, ...]:
+        """The cases that needed an output (all but the ignored ones)."""
+        return tuple(result for result in self.cases if result.status != "ignored")
+
+    @property
+    def exit_code(self) -> int:
+        """0 when there was at least one case to synthesise and every such case has its output, else 1."""
+        expected = self.expected
+        return 0 if expected and all(result.ok for result in expected) else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__  # at call time: the package is fully imported by then
+
+        return {
+            "cwdm_version": __version__,
+            "started_at": self.started_at,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "exit_code": self.exit_code,
+            "out_dir": str(self.out_dir),
+            "device": str(self.runtime.device),
+            "precision": self.runtime.precision,
+            "runtime_notes": list(self.runtime.notes),
+            "settings": {
+                "sampling_steps": self.settings.steps,
+                "sampler": self.settings.sampler,
+                "seed": self.settings.seed,
+                "batch_size": self.settings.batch_size,
+                "postprocess": self.settings.postprocess,
+            },
+            "models": {str(seq): str(path) for seq, path in self.models.items()},
+            "unavailable_models": {str(seq): reason for seq, reason in self.unavailable.items()},
+            "counts": {status: self.count(status) for status in ("written", "skipped", "failed", "ignored")},
+            "cases": [result.to_record() for result in self.cases],
+        }
+
+
+def needed_targets(cases: Iterable[Case]) -> list[MRISequence]:
+    """The targets of the cases that have exactly one missing sequence, in canonical order."""
+    wanted = {case.missing[0] for case in cases if case.expects_synthesis and not case.problems}
+    return [seq for seq in CANONICAL_ORDER if seq in wanted]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_report_path(report_path: Path, out_dir: Path) -> None:
+    """Refuse a report location inside the output folder (the evaluator reads every file there).
+
+    Raises:
+        ConfigError: ``report_path`` is inside ``out_dir``.
+    """
+    if _inside(Path(report_path).parent, Path(out_dir)):
+        raise ConfigError(
+            f"report file {report_path} is inside the output folder {out_dir}; the output folder must "
+            "hold predictions only: put the report elsewhere"
+        )
+
+
+def write_report(report: RunReport, path: Path) -> Path:
+    """Write ``report`` as JSON to ``path``, atomically (never inside the output folder).
+
+    Raises:
+        ConfigError: ``path`` is inside the run's output folder.
+        OSError: the file cannot be written.
+    """
+    path = Path(path)
+    check_report_path(path, report.out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(report.to_dict(), handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class _Prepared:
+    """A case ready for sampling: condition volumes in network layout and where its output goes."""
+
+    case: Case
+    target: MRISequence
+    cond: np.ndarray  # (3, *layout.network_shape) float32 in [0, 1], condition order
+    layout: NetworkLayout
+    reference: Volume  # the first condition sequence: its header goes on the output
+    output: Path
+    elapsed_s: float = 0.0
+
+
+class Synthesizer:
+    """Holds the loaded models and the run settings; :meth:`run` processes cases.
+
+    Build it with :meth:`from_weights`; the constructor takes already-loaded parts (tests, notebooks).
+
+    Args:
+        models: An eval-mode denoiser per target, on ``runtime.device``.
+        settings: The effective sampling settings.
+        runtime: Device and precision.
+        schedule: The models' training noise schedule.
+        unavailable: Targets whose model could not be loaded, with the reason; their cases fail.
+        checkpoints: The file each model came from (for the report).
+    """
+
+    def __init__(
+        self,
+        models: Mapping[MRISequence, Denoiser],
+        settings: SamplingSettings,
+        runtime: Runtime,
+        schedule: NoiseSchedule,
+        unavailable: Mapping[MRISequence, str] | None = None,
+        checkpoints: Mapping[MRISequence, Path] | None = None,
+    ) -> None:
+        sizes = {model.config.size_multiple for model in models.values()}
+        if len(sizes) > 1:
+            raise ConfigError(f"the models disagree on their size multiple ({sorted(sizes)})")
+        self.models = dict(models)
+        self.settings = settings
+        self.runtime = runtime
+        self.schedule = schedule
+        self.unavailable = dict(unavailable or {})
+        self.checkpoints = dict(checkpoints or {})
+        #: Image-space sizes must divide by this (the wavelet halves them, the U-Net then needs its multiple).
+        self.multiple = 2 * (sizes.pop() if sizes else 1)
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights_dir: Path,
+        params: RunParameters,
+        targets: Iterable[MRISequence | str] | None = None,
+    ) -> Synthesizer:
+        """Load the models of ``targets`` (all four when ``None``) from a weights directory, once.
+
+        A target without a usable checkpoint does not stop the others: it is recorded in
+        :attr:`unavailable`, and its cases fail with the reason.
+
+        Args:
+            weights_dir: One checkpoint per target plus an optional ``model.yaml`` (README, "Weights").
+            params: The run parameters (parameters.yaml).
+            targets: The targets the cases need (see :func:`needed_targets`).
+
+        Raises:
+            CheckpointError: ``weights_dir`` is not a directory, or holds two checkpoints for a target.
+            ConfigError: invalid ``model.yaml``, sampling settings, device or precision.
+        """
+        weights = WeightsDir.open(Path(weights_dir))
+        settings = SamplingSettings.resolve(params, weights)
+        runtime = resolve_runtime(params.device, params.precision)
+        wanted = CANONICAL_ORDER if targets is None else tuple(MRISequence(t) for t in targets)
+        models: dict[MRISequence, Denoiser] = {}
+        unavailable: dict[MRISequence, str] = {}
+        checkpoints: dict[MRISequence, Path] = {}
+        for target in dict.fromkeys(wanted):
+            try:
+                path = weights.checkpoint(target)
+                models[target] = load_denoiser(path, weights.spec.denoiser_config()).to(runtime.device)
+            except CheckpointError as exc:
+                unavailable[target] = str(exc)
+                log.error("no model for target %s: %s", target, exc)
+                continue
+            checkpoints[target] = path
+            log.info("loaded the %s model from %s", target, path)
+        return cls(models, settings, runtime, weights.spec.schedule(), unavailable, checkpoints)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(
+        self,
+        cases: Sequence[Case],
+        out_dir: Path,
+        *,
+        on_case: CaseCallback | None = None,
+        on_step: StepCallback | None = None,
+    ) -> RunReport:
+        """Synthesise the missing sequence of every case into ``out_dir``.
+
+        Args:
+            cases: From :func:`cwdm.cases.discover_cases`.
+            out_dir: The output folder (created if needed); it must not lie inside the data folder.
+            on_case: Called with each case's :class:`CaseResult` as soon as it is known.
+            on_step: Called after every sampling step, see :data:`StepCallback`.
+
+        Returns:
+            The :class:`RunReport`, cases in the given order.
+
+        Raises:
+            ConfigError: ``out_dir`` is inside the data folder or a case folder.
+            OSError: ``out_dir`` cannot be created.
+        """
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        start = time.perf_counter()
+        out_dir = Path(out_dir)
+        for case in cases:
+            if _inside(out_dir, case.folder.parent):
+                raise ConfigError(
+                    f"output folder {out_dir} is inside the data folder {case.folder.parent}; inputs are "
+                    "never modified: choose an output folder outside it"
+                )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_partial_files(out_dir):
+            log.warning("removed %s, left by an interrupted run", path.name)
+
+        results: dict[str, CaseResult] = {}
+
+        def record(result: CaseResult) -> None:
+            results[result.case_id] = result
+            _log_result(result)
+            if on_case is not None:
+                on_case(result)
+
+        pending: dict[MRISequence, list[Case]] = {seq: [] for seq in CANONICAL_ORDER}
+        for case in cases:
+            target = self._triage(case, out_dir, record)
+            if target is not None:
+                pending[target].append(case)
+        for target, todo in pending.items():
+            if todo and target not in self.models:
+                self._fail_unavailable(target, todo, record)
+                continue
+            for first in range(0, len(todo), self.settings.batch_size):
+                self._run_batch(
+                    target, todo[first : first + self.settings.batch_size], out_dir, record, on_step
+                )
+
+        return RunReport(
+            cases=tuple(results[case.case_id] for case in cases),
+            out_dir=out_dir,
+            settings=self.settings,
+            runtime=self.runtime,
+            models=self.checkpoints,
+            unavailable=self.unavailable,
+            started_at=started_at,
+            elapsed_s=time.perf_counter() - start,
+        )
+
+    def _triage(self, case: Case, out_dir: Path, record: CaseCallback) -> MRISequence | None:
+        """The case's target if it still needs sampling; otherwise record why not and return None."""
+        try:
+            target = case.target()
+        except CaseError as exc:
+            status: CaseStatus = "failed" if case.expects_synthesis or case.problems else "ignored"
+            record(CaseResult(case.case_id, status, error=exc.detail, error_type=type(exc).__name__))
+            return None
+        output = out_dir / case.output_name(target)
+        if _output_complete(output, case.files[condition_order(target)[0]]):
+            record(CaseResult(case.case_id, "skipped", target, output))
+            return None
+        if output.exists() or output.is_symlink():
+            log.warning(
+                "%s: %s exists but is incomplete or not on the case's grid; replacing it", case, output
+            )
+        return target
+
+    def _fail_unavailable(self, target: MRISequence, cases: Sequence[Case], record: CaseCallback) -> None:
+        """Fail the cases of a target that has no model, naming them all in one log line."""
+        reason = self.unavailable.get(target, "the synthesizer was built without this target")
+        log.error(
+            "no model for target %s (%s); affected cases: %s",
+            target,
+            reason,
+            ", ".join(case.case_id for case in cases),
+        )
+        for case in cases:
+            message = f"no model for target {target}: {reason}"
+            record(CaseResult(case.case_id, "failed", target, error=message, error_type="CheckpointError"))
+
+    @contextmanager
+    def _isolate(self, cases: Sequence[Case], target: MRISequence, record: CaseCallback) -> Iterator[None]:
+        """The one boundary where errors of a case (or of a batch) are caught and recorded.
+
+        A :class:`CaseError` fails the case it names; any other exception, logged with its traceback,
+        fails every case of ``cases``. KeyboardInterrupt and SystemExit pass through.
+        """
+        try:
+            yield
+        except CaseError as exc:
+            record(CaseResult(exc.case_id, "failed", target, error=exc.detail, error_type=type(exc).__name__))
+        except Exception as exc:  # the per-case isolation boundary (STYLE.md section 5)
+            ids = ", ".join(case.case_id for case in cases)
+            log.exception("unexpected error while processing %s", ids)
+            for case in cases:
+                message = f"unexpected {type(exc).__name__}: {exc}"
+                record(
+                    CaseResult(case.case_id, "failed", target, error=message, error_type=type(exc).__name__)
+                )
+
+    def _run_batch(
+        self,
+        target: MRISequence,
+        cases: Sequence[Case],
+        out_dir: Path,
+        record: CaseCallback,
+        on_step: StepCallback | None,
+    ) -> None:
+        prepared: list[_Prepared] = []
+        for case in cases:
+            with self._isolate([case], target, record):
+                prepared.append(self._prepare(case, target, out_dir))
+        by_shape: dict[tuple[int, int, int], list[_Prepared]] = {}
+        for item in prepared:
+            by_shape.setdefault(item.layout.network_shape, []).append(item)
+        for group in by_shape.values():
+            with self._isolate([item.case for item in group], target, record):
+                start = time.perf_counter()
+                volumes = self._synthesise(target, group, on_step)
+                share = (time.perf_counter() - start) / len(group)
+                for item, volume in zip(group, volumes, strict=True):
+                    with self._isolate([item.case], target, record):
+                        record(self._write(item, volume, item.elapsed_s + share))
+
+    def _prepare(self, case: Case, target: MRISequence, out_dir: Path) -> _Prepared:
+        """Read, check and preprocess the three present sequences of ``case``.
+
+        Raises:
+            VolumeReadError: a present sequence cannot be read.
+            GeometryError: the present sequences do not share one grid.
+        """
+        start = time.perf_counter()
+        order = condition_order(target)
+        volumes = [_read(case, seq) for seq in order]
+        reference = volumes[0]
+        for seq, volume in zip(order[1:], volumes[1:], strict=True):
+            if not same_grid(reference, volume):
+                raise GeometryError(
+                    case.case_id,
+                    f"{seq} grid differs from {order[0]} ({volume.path.name}: {describe_grid(volume)}; "
+                    f"{reference.path.name}: {describe_grid(reference)}{_affine_note(reference, volume)}); "
+                    "present sequences must share one grid",
+                    volume.path,
+                )
+        layout = NetworkLayout.for_shape(reference.shape, self.multiple)
+        cond = np.stack([layout.to_network(normalise(volume.data)) for volume in volumes])
+        return _Prepared(
+            case=case,
+            target=target,
+            cond=cond,
+            layout=layout,
+            reference=reference,
+            output=out_dir / case.output_name(target),
+            elapsed_s=time.perf_counter() - start,
+        )
+
+    def _network(self, denoiser: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:
+        """The denoiser call under autocast (the only autocast region; the sampler stays float32)."""
+
+        def call(x: Tensor, t: Tensor) -> Tensor:
+            with self.runtime.autocast():
+                return denoiser(x, t)
+
+        return call
+
+    def _synthesise(
+        self, target: MRISequence, group: Sequence[_Prepared], on_step: StepCallback | None
+    ) -> np.ndarray:
+        """Sample one batch; returns ``(B, *network_shape)`` float32 image-space volumes (not clamped)."""
+        device = self.runtime.device
+        ids = tuple(item.case.case_id for item in group)
+        step_callback = None if on_step is None else (lambda done, total: on_step(ids, done, total))
+        with torch.inference_mode():
+            cond = build_condition(torch.from_numpy(np.stack([item.cond for item in group])).to(device))
+            coeffs = sample(
+                self._network(self.models[target]),
+                cond,
+                steps=self.settings.steps,
+                generator=[case_generator(self.settings.seed, case_id, device) for case_id in ids],
+                clip=True,
+                sampler=self.settings.sampler,
+                schedule=self.schedule,
+                on_step=step_callback,
+            )
+            return decode(coeffs)[:, 0].float().cpu().numpy()
+
+    def _write(self, item: _Prepared, volume: np.ndarray, elapsed_s: float) -> CaseResult:
+        """Post-process one sampled volume, put it on the input grid and write it atomically.
+
+        Raises:
+            CaseError: the output file cannot be written.
+        """
+        start = time.perf_counter()
+        postprocess = POSTPROCESSES[self.settings.postprocess]
+        result = item.layout.to_grid(postprocess(volume, item.cond[0]))
+        try:
+            write_volume_atomic(result, item.reference.header, item.output)
+        except OSError as exc:
+            raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
+        elapsed_s += time.perf_counter() - start
+        return CaseResult(item.case.case_id, "written", item.target, item.output, elapsed_s)
+
+
+def _log_result(result: CaseResult) -> None:
+    target = f" ({result.target})" if result.target else ""
+    if result.status == "written":
+        log.info("%s%s: written in %.1f s", result.case_id, target, result.elapsed_s)
+    elif result.status == "skipped":
+        log.info("%s%s: skipped, %s is already complete", result.case_id, target, result.output)
+    elif result.status == "ignored":
+        log.warning("%s: ignored: %s", result.case_id, result.error)
+    else:
+        log.error("%s%s: failed: %s", result.case_id, target, result.error)
+
+
+def _read(case: Case, seq: MRISequence) -> Volume:
+    path = case.files[seq]
+    try:
+        return read_volume(path)
+    except VolumeError as exc:
+        raise VolumeReadError(case.case_id, f"cannot use the {seq} volume {path.name}: {exc}", path) from exc
+
+
+def _affine_note(a: Volume, b: Volume) -> str:
+    if a.shape != b.shape:
+        return ""
+    offset = float(np.abs(a.affine - b.affine).max())
+    return f"; same shape but the affines differ by up to {offset:.3g} mm"
+
+
+def _output_complete(output: Path, reference_file: Path) -> bool:
+    """Whether ``output`` is a readable volume on the grid of ``reference_file`` (a finished output)."""
+    if output.is_symlink() or not output.is_file():
+        return False
+    try:
+        written = read_volume(output)
+        reference = read_volume(reference_file)
+    except VolumeError:
+        return False
+    return same_grid(written, reference)

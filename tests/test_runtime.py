@@ -1,0 +1,128 @@
+"""runtime.py: device and precision resolution, autocast scope, per-case generators."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from cwdm.errors import ConfigError
+from cwdm.runtime import (
+    Runtime,
+    case_generator,
+    case_seed,
+    resolve_device,
+    resolve_precision,
+    resolve_runtime,
+)
+
+CPU = torch.device("cpu")
+CUDA0 = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """Pretend PyTorch sees a GPU (resolution only: no tensor is ever put on it)."""
+    state = {"bf16": True}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: state["bf16"])
+    return state
+
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_cpu_and_auto_without_gpu(no_cuda: None) -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto") == CPU
+    runtime = resolve_runtime("auto", "auto")
+    assert (runtime.device, runtime.precision, runtime.notes) == (CPU, "fp32", ())
+    assert runtime.autocast_dtype is None
+    assert runtime.describe() == "cpu, fp32"
+
+
+def test_cuda_requested_without_gpu_is_a_config_error(no_cuda: None) -> None:
+    with pytest.raises(ConfigError, match="device: 'cuda' was requested but .* sees no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_unknown_names_are_config_errors(no_cuda: None) -> None:
+    with pytest.raises(ConfigError, match="device: unknown value 'tpu'"):
+        resolve_device("tpu")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="precision: unknown value 'fp8'"):
+        resolve_precision("fp8", CPU)  # type: ignore[arg-type]
+
+
+def test_auto_picks_the_gpu_and_bf16_when_supported(fake_cuda: dict[str, bool]) -> None:
+    assert resolve_device("auto") == CUDA0
+    assert resolve_device("cuda") == CUDA0
+    assert resolve_device("cpu") == CPU
+    assert resolve_precision("auto", CUDA0) == ("bf16", ())
+    fake_cuda["bf16"] = False
+    assert resolve_precision("auto", CUDA0) == ("fp32", ())
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "bf16"])
+def test_explicit_precision_on_a_gpu(fake_cuda: dict[str, bool], name: str) -> None:
+    assert resolve_precision(name, CUDA0) == (name, ())  # type: ignore[arg-type]
+
+
+def test_bf16_on_a_gpu_without_bf16_falls_back_to_fp32(fake_cuda: dict[str, bool]) -> None:
+    fake_cuda["bf16"] = False
+    precision, notes = resolve_precision("bf16", CUDA0)
+    assert precision == "fp32" and "does not support bf16" in notes[0]
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_half_precision_on_cpu_falls_back_to_fp32_with_a_warning(
+    no_cuda: None, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="cwdm.runtime"):
+        runtime = resolve_runtime("cpu", name)  # type: ignore[arg-type]
+    assert runtime.precision == "fp32" and runtime.autocast_dtype is None
+    assert runtime.notes == (f"precision {name} is for CUDA GPUs; running on cpu in fp32 instead",)
+    assert runtime.notes[0] in caplog.text
+
+
+def test_autocast_context_follows_the_precision() -> None:
+    weight = torch.randn(4, 4)
+    with Runtime(CPU, "fp32").autocast():
+        assert (torch.ones(2, 4) @ weight).dtype == torch.float32
+    with Runtime(CPU, "bf16").autocast():  # constructed directly: CPU autocast works, resolution avoids it
+        assert (torch.ones(2, 4) @ weight).dtype == torch.bfloat16
+    assert Runtime(CPU, "fp16").autocast_dtype == torch.float16
+
+
+def test_case_seed_depends_on_seed_and_case_only() -> None:
+    seeds = {
+        case_seed(seed, case)
+        for seed in (0, 1, 42)
+        for case in ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000")
+    }
+    assert len(seeds) == 6
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert case_seed(42, "BraTS-GLI-00001-000") == case_seed(42, "BraTS-GLI-00001-000")
+
+
+def test_case_generator_reproduces_its_draws() -> None:
+    first = torch.randn(5, generator=case_generator(7, "case-a", CPU))
+    again = torch.randn(5, generator=case_generator(7, "case-a", CPU))
+    other = torch.randn(5, generator=case_generator(7, "case-b", CPU))
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_gpu_runtime() -> None:  # pragma: no cover - runs only where a GPU exists
+    runtime = resolve_runtime("auto", "auto")
+    assert runtime.device.type == "cuda"
+    generator = case_generator(1, "case", runtime.device)
+    draw = torch.randn(3, generator=generator, device=runtime.device)
+    assert draw.device.type == "cuda"
+    with runtime.autocast():
+        out = torch.ones(2, 4, device=runtime.device) @ torch.ones(4, 4, device=runtime.device)
+    assert out.dtype == (runtime.autocast_dtype or torch.float32)
