@@ -15,9 +15,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from typer.testing import CliRunner
 
 from cwdm.cli import app
-from cwdm.errors import CwdmError, ShapeError
+from cwdm.errors import CaseError, CwdmError, ShapeError
 from cwdm.metrics import (
-    CaseError,
     baseline_scores,
     centre_crop,
     evaluate,
