@@ -40,7 +40,7 @@ from .cases import Case
 from .checkpoints import load_denoiser
 from .config import PostprocessName, RunParameters, SamplerName
 from .denoiser import Denoiser
-from .errors import CaseError, CheckpointError, ConfigError, GeometryError, VolumeReadError
+from .errors import CaseError, CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
 from .runtime import Runtime, case_generator, resolve_runtime
 from .sampling import sample
 from .schedule import NoiseSchedule
@@ -236,20 +236,23 @@ def write_report(report: RunReport, path: Path) -> Path:
 
     Raises:
         ConfigError: ``path`` is inside the run's output folder.
-        OSError: the file cannot be written.
+        CwdmError: the file cannot be written.
     """
     path = Path(path)
     check_report_path(path, report.out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(report.to_dict(), handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(report.to_dict(), handle, indent=2)
+                handle.write("\n")
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, path)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise CwdmError(f"cannot write the run report {path} ({exc})") from exc
     return path
 
 
@@ -363,7 +366,7 @@ class Synthesizer:
 
         Raises:
             ConfigError: ``out_dir`` is inside the data folder or a case folder.
-            OSError: ``out_dir`` cannot be created.
+            CwdmError: ``out_dir`` cannot be created.
         """
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         start = time.perf_counter()
@@ -374,7 +377,10 @@ class Synthesizer:
                     f"output folder {out_dir} is inside the data folder {case.folder.parent}; inputs are "
                     "never modified: choose an output folder outside it"
                 )
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CwdmError(f"cannot create the output folder {out_dir} ({exc})") from exc
         for path in remove_partial_files(out_dir):
             log.warning("removed %s, left by an interrupted run", path.name)
 

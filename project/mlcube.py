@@ -1,0 +1,161 @@
+"""MLCube / MedPerf entry point of the cwdm-brasyn image (its ENTRYPOINT is
+``python3 /opt/cwdm/project/mlcube.py``).
+
+    python3 project/mlcube.py infer --data_path=DATA --parameters_file=parameters.yaml \\
+        --weights=WEIGHTS --output_path=OUT
+
+This file is run as a script, never imported as a module: ``mlcube`` is also the name of a PyPI
+package (the MLCube runner itself). It does what ``cwdm infer`` does, with the MLCube conventions:
+
+- options spelled ``--data_path`` ..., as MLCube's docker runner and MedPerf's ``run_args`` pass them;
+- a no-op ``hotfix`` command, so that typer keeps the ``infer`` sub-command (MLCube convention);
+- ``--weights``: a weights directory (one checkpoint per target, optional model.yaml). When it holds no
+  checkpoint file at all (an empty ``additional_files/weights``), the weights baked into the image are
+  used instead (``$CWDM_DEFAULT_WEIGHTS``, the demo weights), with a warning saying so;
+- logs go to stderr and, with the JSON run report, to files outside the output folder: ``--report_path``
+  or ``$TMPDIR/cwdm-<UTC time>-report.json`` (+ ``.log``); MedPerf mounts its own folder at /tmp;
+- exit code 0 only when every case with exactly one missing sequence has its output; 1 when a case
+  failed (its error is in the log and the report); 2 when nothing ran (bad parameters or weights).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cwdm.cases import discover_cases
+from cwdm.checkpoints import CHECKPOINT_SUFFIXES
+from cwdm.config import load_run_parameters
+from cwdm.errors import CheckpointError, CwdmError
+from cwdm.pipeline import CaseResult, RunReport, Synthesizer, check_report_path, needed_targets, write_report
+
+#: Environment variable naming the weights baked into the image (set by the Dockerfile).
+DEFAULT_WEIGHTS_ENV = "CWDM_DEFAULT_WEIGHTS"
+#: Sampling progress is logged this many times per batch.
+_STEP_LOG_POINTS = 10
+
+log = logging.getLogger("cwdm.mlcube")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def holds_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a directory with at least one checkpoint file (.pt, .pth, .safetensors)."""
+    if not folder.is_dir():
+        return False
+    return any(
+        path.suffix in CHECKPOINT_SUFFIXES and not path.name.startswith(".") for path in folder.iterdir()
+    )
+
+
+def choose_weights(given: Path) -> Path:
+    """The weights directory to use: ``given``, or ``$CWDM_DEFAULT_WEIGHTS`` when ``given`` has no checkpoint.
+
+    Raises:
+        CheckpointError: neither ``given`` nor the default holds a checkpoint.
+    """
+    if holds_checkpoint(given):
+        return given
+    fallback = os.environ.get(DEFAULT_WEIGHTS_ENV)
+    if not fallback or not holds_checkpoint(Path(fallback)):
+        raise CheckpointError(
+            f"the weights folder {given} holds no checkpoint, and the image's default weights "
+            f"({DEFAULT_WEIGHTS_ENV}={fallback or '(unset)'}) hold none either: put one checkpoint per "
+            "target (t1n, t1c, t2w, t2f in the file name) and model.yaml into additional_files/weights"
+        )
+    log.warning(
+        "the weights folder %s holds no checkpoint: using the weights built into the image (%s=%s)",
+        given,
+        DEFAULT_WEIGHTS_ENV,
+        fallback,
+    )
+    return Path(fallback)
+
+
+def _setup_logging(log_file: Path) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    except OSError as exc:  # a read-only /tmp must not stop the run: stderr still has everything
+        print(f"cannot write the log file {log_file}: {exc}", file=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def _log_steps(case_ids: tuple[str, ...], done: int, total: int) -> None:
+    if done == total or done % max(1, total // _STEP_LOG_POINTS) == 0:
+        log.info("sampling %s: step %d/%d", ", ".join(case_ids), done, total)
+
+
+def _log_case(result: CaseResult) -> None:
+    del result  # the pipeline logs every case's outcome and timing itself
+
+
+def _log_summary(report: RunReport, report_path: Path) -> None:
+    counts = ", ".join(f"{report.count(s)} {s}" for s in ("written", "skipped", "failed", "ignored"))
+    log.info("%s in %.1f s; report: %s", counts, report.elapsed_s, report_path)
+    for result in report.cases:
+        if not result.ok:
+            log.log(
+                logging.ERROR if result.status == "failed" else logging.WARNING,
+                "%s %s: %s",
+                result.case_id,
+                result.status,
+                result.error,
+            )
+
+
+@app.command("infer")
+def infer(
+    data_path: Annotated[str, typer.Option("--data_path", help="Folder of case folders.")],
+    parameters_file: Annotated[str, typer.Option("--parameters_file", help="parameters.yaml.")],
+    weights: Annotated[str, typer.Option("--weights", help="Weights folder (additional_files/weights).")],
+    output_path: Annotated[str, typer.Option("--output_path", help="Predictions folder.")],
+    report_path: Annotated[
+        str | None, typer.Option("--report_path", help="Run report (JSON); default under $TMPDIR.")
+    ] = None,
+) -> None:
+    """Synthesise the missing sequence of every case: <case>-<missing seq>.nii.gz in output_path."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report_file = Path(report_path or Path(tempfile.gettempdir()) / f"cwdm-{stamp}-report.json")
+    _setup_logging(report_file.with_suffix(".log"))
+    out_dir = Path(output_path)
+    try:
+        check_report_path(report_file, out_dir)
+        params = load_run_parameters(Path(parameters_file))
+        cases = discover_cases(Path(data_path))
+        synth = Synthesizer.from_weights(choose_weights(Path(weights)), params, needed_targets(cases))
+        log.info(
+            "%d case folders; %s; %s %d steps",
+            len(cases),
+            synth.runtime.describe(),
+            synth.settings.sampler,
+            synth.settings.steps,
+        )
+        report = synth.run(cases, out_dir, on_case=_log_case, on_step=_log_steps)
+        write_report(report, report_file)
+    except CwdmError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(2) from exc
+    _log_summary(report, report_file)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("hotfix")
+def hotfix() -> None:
+    """No-op: keeps typer in multi-command mode (MLCube convention). Do not remove."""
+
+
+if __name__ == "__main__":
+    app()
