@@ -140,11 +140,15 @@ class _InferProgress:
 
 def _render_summary(result: RunReport, report_path: Path) -> None:
     table = Table(title=f"cwdm infer: {result.out_dir}", title_justify="left")
-    for column in ("case", "target", "status", "time (s)", "detail"):
+    columns = ["case", "target", "status", "time (s)"] + (
+        ["detail"] if any(c.error for c in result.cases) else []
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column == "time (s)" else "left")
     for case in result.cases:
         timing = f"{case.elapsed_s:.1f}" if case.status == "written" else ""
-        table.add_row(case.case_id, case.target or "-", case.status, timing, case.error or "")
+        cells = [case.case_id, case.target or "-", case.status, timing, case.error or ""]
+        table.add_row(*cells[: len(columns)])
     console = Console()
     console.print(table)
     counts = ", ".join(f"{result.count(s)} {s}" for s in ("written", "skipped", "failed", "ignored"))
