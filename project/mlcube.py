@@ -34,7 +34,7 @@ from cwdm.cases import discover_cases
 from cwdm.checkpoints import CHECKPOINT_SUFFIXES
 from cwdm.config import load_run_parameters
 from cwdm.errors import CheckpointError, CwdmError
-from cwdm.pipeline import CaseResult, RunReport, Synthesizer, check_report_path, needed_targets, write_report
+from cwdm.pipeline import RunReport, Synthesizer, check_report_path, needed_targets, write_report
 
 #: Environment variable naming the weights baked into the image (set by the Dockerfile).
 DEFAULT_WEIGHTS_ENV = "CWDM_DEFAULT_WEIGHTS"
@@ -78,11 +78,12 @@ def choose_weights(given: Path) -> Path:
     return Path(fallback)
 
 
-def _setup_logging(log_file: Path) -> None:
+def _setup_logging(log_file: Path | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     except OSError as exc:  # a read-only /tmp must not stop the run: stderr still has everything
         print(f"cannot write the log file {log_file}: {exc}", file=sys.stderr)
     logging.basicConfig(
@@ -96,10 +97,6 @@ def _setup_logging(log_file: Path) -> None:
 def _log_steps(case_ids: tuple[str, ...], done: int, total: int) -> None:
     if done == total or done % max(1, total // _STEP_LOG_POINTS) == 0:
         log.info("sampling %s: step %d/%d", ", ".join(case_ids), done, total)
-
-
-def _log_case(result: CaseResult) -> None:
-    del result  # the pipeline logs every case's outcome and timing itself
 
 
 def _log_summary(report: RunReport, report_path: Path) -> None:
@@ -129,10 +126,15 @@ def infer(
     """Synthesise the missing sequence of every case: <case>-<missing seq>.nii.gz in output_path."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report_file = Path(report_path or Path(tempfile.gettempdir()) / f"cwdm-{stamp}-report.json")
-    _setup_logging(report_file.with_suffix(".log"))
     out_dir = Path(output_path)
     try:
         check_report_path(report_file, out_dir)
+    except CwdmError as exc:
+        _setup_logging(None)  # not even the log file may go into the output folder
+        log.error("%s", exc)
+        raise typer.Exit(2) from exc
+    _setup_logging(report_file.with_suffix(".log"))
+    try:
         params = load_run_parameters(Path(parameters_file))
         cases = discover_cases(Path(data_path))
         synth = Synthesizer.from_weights(choose_weights(Path(weights)), params, needed_targets(cases))
@@ -143,7 +145,7 @@ def infer(
             synth.settings.sampler,
             synth.settings.steps,
         )
-        report = synth.run(cases, out_dir, on_case=_log_case, on_step=_log_steps)
+        report = synth.run(cases, out_dir, on_step=_log_steps)  # the pipeline logs each case
         write_report(report, report_file)
     except CwdmError as exc:
         log.error("%s", exc)

@@ -258,6 +258,21 @@ def test_entry_point_bad_parameters_name_the_key(tmp_path: Path, data: Path, tin
     assert "key 'sampler'" in result.stderr and "'euler'" in result.stderr
 
 
+def test_entry_point_report_inside_the_output_folder_is_refused(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "predictions"
+    args = [
+        "infer",
+        f"--data_path={data}",
+        f"--parameters_file={MLCUBE_DIR / 'workspace' / 'parameters.yaml'}",
+        f"--weights={tmp_path}",
+        f"--output_path={out}",
+        f"--report_path={out / 'report.json'}",
+    ]
+    result = _run_entry_point(args, tmp_path, default_weights=None)
+    assert result.returncode == 2 and "inside the output folder" in result.stderr
+    assert not out.exists()
+
+
 def test_entry_point_keeps_typer_multi_command(tmp_path: Path) -> None:
     result = _run_entry_point(["hotfix"], tmp_path, default_weights=None)
     assert result.returncode == 0 and result.stdout == ""
