@@ -74,7 +74,7 @@ def test_read_volume_accepts_trailing_singleton_axes(tmp_path: Path) -> None:
         ("nan", "NaN or infinite"),
         ("truncated", "cannot read NIfTI"),
         ("text", "cannot read NIfTI"),
-        ("absent", "cannot read NIfTI"),
+        ("absent", "cannot access the file"),
     ],
 )
 def test_read_volume_rejects_bad_files(tmp_path: Path, content: str, match: str) -> None:

@@ -167,7 +167,8 @@ def load_denoiser(
         A float32 :class:`Denoiser` on the CPU in eval mode; move it with ``.to(device)``.
 
     Raises:
-        CheckpointError: unreadable file or a key/shape mismatch.
+        CheckpointError: unreadable file, a key/shape mismatch, or NaN/infinite weights (a model with
+            them would write NaN volumes).
         ConfigError: invalid architecture values.
     """
     base = config or DenoiserConfig()
@@ -185,5 +186,11 @@ def load_denoiser(
         source = "state dict"
         state_dict = checkpoint
     check_state_dict(state_dict, model, source)
+    not_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if not_finite:
+        raise CheckpointError(
+            f"{source}: NaN or infinite values in {len(not_finite)} tensors ({', '.join(not_finite[:3])}"
+            f"{', ...' if len(not_finite) > 3 else ''}); the checkpoint is damaged"
+        )
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     return model.eval()

@@ -2,10 +2,12 @@
 
 Callers catch :class:`CwdmError` for anything this package raises on purpose; the narrower classes
 let the pipeline tell a bad case (skip it, go on) from a bad configuration (stop before any case).
+:class:`Interrupted` (a stop requested by a signal) is deliberately not a :class:`CwdmError`.
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -48,3 +50,38 @@ class GeometryError(CaseError):
 
 class VolumeReadError(CaseError):
     """A volume file is missing, unreadable, corrupt or not a usable 3D NIfTI image."""
+
+
+class DeviceMemoryError(CaseError):
+    """A case does not fit in the accelerator's memory even when sampled alone (batch size 1)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was asked to stop by a signal (SIGINT or SIGTERM; see :func:`cwdm.signals.stop_on_signals`).
+
+    A :class:`KeyboardInterrupt`, not a :class:`CwdmError`: no per-case isolation boundary catches it,
+    so the run stops where the signal arrives; an output being written loses only its temporary file.
+    :meth:`cwdm.Synthesizer.run` re-raises it with :attr:`report` set to the partial run report.
+
+    Args:
+        signum: The signal number.
+        report: The :class:`cwdm.pipeline.RunReport` so far, when raised out of a run.
+    """
+
+    def __init__(self, signum: int, report: object | None = None) -> None:
+        self.signum = int(signum)
+        self.report = report
+        super().__init__(f"stopped by {self.signal_name}")
+
+    @property
+    def signal_name(self) -> str:
+        """``SIGINT``, ``SIGTERM``, ..."""
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for a process ended by a signal: 128 + its number (130, 143)."""
+        return 128 + self.signum

@@ -7,12 +7,20 @@ Preprocessing reproduces the published data loader (REFERENCE.md section 1): val
 sees the published 224 x 224 x 160 layout: 8 voxels cropped from each side of the two 240 axes, the last
 axis zero-padded after index 154. Other grids are zero-padded after each axis to the next size the
 network accepts, so nothing is cropped from them (see README, "Running inference").
+
+What :func:`read_volume` accepts (README, "Bad inputs"): NIfTI-1 or NIfTI-2, gzipped or not, any real
+data type (integers, floats) with the header's scl_slope/scl_inter applied, 3D or 4D/5D with trailing
+axes of length 1. It refuses, with a :class:`VolumeError` saying why: anything that is not a regular
+file (a directory, a FIFO that would block a reader forever, a device), a corrupt, truncated or
+non-NIfTI file, complex or RGB data, more than :data:`MAX_VOXELS` voxels (checked on the header, before
+any data is read), an empty grid, more than three non-trivial axes, and NaN or infinite voxels.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -32,6 +40,10 @@ _BRATS_MARGIN = 8
 AFFINE_TOLERANCE_MM = 1e-3
 #: The challenge script's background threshold (REFERENCE.md section 6).
 THRESHOLD = 0.04
+#: The most voxels a volume may have: about 15 times the BraTS grid (8.9 million voxels). The size is
+#: checked on the header before any data is read, so that a damaged or hostile header cannot make the
+#: reader allocate terabytes (the network could not process such a grid anyway).
+MAX_VOXELS = 2**27
 #: Hidden prefix and suffix of the temporary files that atomic writes leave while in progress.
 PARTIAL_PREFIX = ".cwdm-"
 PARTIAL_SUFFIX = ".part"
@@ -73,15 +85,20 @@ def read_volume(path: Path) -> Volume:
         path: A ``.nii.gz`` or ``.nii`` file.
 
     Returns:
-        The :class:`Volume`; a 4D file whose extra axes have length 1 is accepted as 3D.
+        The :class:`Volume`; a 4D file whose extra axes have length 1 is accepted as 3D. Integer and
+        scaled data types are read through the header's scaling (scl_slope, scl_inter) as float64.
 
     Raises:
-        VolumeError: unreadable, corrupt or truncated file, not NIfTI, not 3D, or non-finite voxels.
+        VolumeError: not a regular file; unreadable, corrupt or truncated file; not NIfTI; complex or
+            RGB data; an empty grid or more than :data:`MAX_VOXELS` voxels; not 3D; non-finite voxels.
     """
+    path = Path(path)
+    _require_regular_file(path)
     try:
         image = nib.load(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise VolumeError(f"not a NIfTI image ({type(image).__name__})")
+        _check_declared(image)
         data = np.asarray(image.get_fdata(dtype=np.float64))
     except VolumeError:
         raise
@@ -97,14 +114,68 @@ def read_volume(path: Path) -> Volume:
     if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
-        raise VolumeError(f"expected a 3D volume, got shape {data.shape}")
+        raise VolumeError(
+            f"expected a 3D volume, got a {data.ndim}D one of shape {_format_shape(data.shape)} "
+            "(axes after the third are accepted only with length 1)"
+        )
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise VolumeError(f"{bad} voxels are NaN or infinite")
+        raise VolumeError(
+            f"{bad:,} voxels are NaN or infinite; such a file is damaged, and no value is guessed for them"
+        )
     header = image.header.copy()
     if not isinstance(header, nib.Nifti1Header):
         header = nib.Nifti1Header.from_header(header)
     return Volume(data=data, header=header, path=Path(path))
+
+
+def _require_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before opening it (a FIFO would block the reader forever)."""
+    try:
+        mode = path.stat().st_mode  # follows symbolic links: their target is what gets read
+    except OSError as exc:
+        if path.is_symlink():
+            raise VolumeError(
+                f"symbolic link to {os.readlink(path)!r}, which cannot be followed ({exc.strerror or exc})"
+            ) from exc
+        raise VolumeError(f"cannot access the file ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        raise VolumeError(f"{describe_file_type(mode)}, not a regular file")
+
+
+def describe_file_type(mode: int) -> str:
+    """What a non-regular file is, for messages: ``a directory``, ``a named pipe (FIFO)``, ..."""
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def _check_declared(image: nib.Nifti1Image) -> None:
+    """Check the header's data type and grid size before any voxel is read."""
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf":
+        kind = "complex" if dtype.kind == "c" else "RGB or other structured"
+        raise VolumeError(
+            f"{kind} data type {dtype} is not a real-valued intensity volume; expected integers or floats"
+        )
+    shape = tuple(int(n) for n in image.shape)
+    voxels = int(np.prod(shape, dtype=np.float64))
+    if voxels == 0:
+        raise VolumeError(f"the grid {_format_shape(shape)} has no voxels")
+    if voxels > MAX_VOXELS:
+        raise VolumeError(
+            f"the header declares a grid of {_format_shape(shape)} ({voxels:,} voxels), more than the "
+            f"{MAX_VOXELS:,} this pipeline reads (a BraTS volume has 240x240x155 = 8,928,000)"
+        )
+
+
+def _format_shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 def same_grid(a: Volume, b: Volume) -> bool:
@@ -225,6 +296,7 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
     The file is written to a hidden temporary name next to ``path`` (``.cwdm-<name>.<random>.part``,
     which does not end in ``.nii.gz``), flushed to disk, then renamed over ``path``: readers never see
     a partial file, and a pre-existing symbolic link at ``path`` is replaced, never written through.
+    The gzip header carries no time stamp, so the same data and header give the same bytes.
     Only a killed process can leave the temporary file behind; :func:`remove_partial_files` clears it.
 
     Raises:
@@ -241,7 +313,7 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
             handle.write(
                 image.to_bytes()
                 if not path.name.endswith(".gz")
-                else gzip.compress(image.to_bytes(), compresslevel=6)
+                else gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
             )
             handle.flush()
             os.fsync(handle.fileno())
