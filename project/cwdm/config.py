@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from .denoiser import DenoiserConfig
 from .errors import ConfigError
@@ -23,6 +23,7 @@ SamplerName = Literal["ddpm", "ddim"]
 DeviceName = Literal["auto", "cuda", "cpu"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 PostprocessName = Literal["brain_mask", "threshold"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 #: The published number of diffusion (and sampling) steps.
 PUBLISHED_STEPS = 1000
@@ -45,6 +46,11 @@ class RunParameters(_Strict):
         batch_size: Cases that need the same target sampled together.
         postprocess: ``brain_mask`` (clamp and zero outside the brain, the published evaluation) or
             ``threshold`` (values <= 0.04 set to 0, the published challenge container).
+        fast_path: The fast inference path (:mod:`cwdm.fastpath`): on a GPU channels-last layout and
+            cuDNN autotuning; on a CPU only what measured faster than plain float32. False: eager.
+        compile: Wrap the network in ``torch.compile`` (falls back to eager if compilation fails).
+        compile_mode: The ``torch.compile`` mode.
+        cuda_graphs: Capture the denoiser step as a CUDA graph (GPU only; falls back to eager).
     """
 
     sampling_steps: StrictInt | None = Field(default=None, ge=1, le=PUBLISHED_STEPS)
@@ -54,6 +60,10 @@ class RunParameters(_Strict):
     precision: PrecisionName = "auto"
     batch_size: StrictInt = Field(default=1, ge=1, le=64)
     postprocess: PostprocessName = "brain_mask"
+    fast_path: StrictBool = True
+    compile: StrictBool = False
+    compile_mode: CompileMode = "default"
+    cuda_graphs: StrictBool = False
 
 
 class ModelSpec(_Strict):
