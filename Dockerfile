@@ -51,6 +51,8 @@ RUN --mount=type=secret,id=pipca \
 # with a branch rather than one stage per choice: podman/buildah cannot select a stage by an ARG.)
 FROM build AS assembled
 ARG WEIGHTS
+# WEIGHTS=published: a branch, tag or commit of the published repository (pin a commit).
+ARG WEIGHTS_REVISION=""
 COPY weights/demo /opt/cwdm-build/weights/demo
 RUN --mount=type=secret,id=pipca \
     set -eu; \
@@ -60,7 +62,9 @@ RUN --mount=type=secret,id=pipca \
     published) \
         . /opt/cwdm-build/pip-env.sh; \
         /opt/cwdm/venv/bin/python -m pip install --no-compile --target /opt/cwdm-build/hub huggingface_hub; \
-        PYTHONPATH=/opt/cwdm-build/hub /opt/cwdm/venv/bin/cwdm weights fetch /opt/cwdm/weights/published ;; \
+        set -- /opt/cwdm/weights/published; \
+        if [ -n "$WEIGHTS_REVISION" ]; then set -- "$@" --revision "$WEIGHTS_REVISION"; fi; \
+        PYTHONPATH=/opt/cwdm-build/hub /opt/cwdm/venv/bin/cwdm weights fetch "$@" ;; \
     none) ;; \
     *) echo "WEIGHTS must be demo, published or none, not '$WEIGHTS'" >&2; exit 1 ;; \
     esac; \
