@@ -15,36 +15,45 @@ weights directory stop the run before any case (:class:`cwdm.ConfigError`, :clas
 
 Outputs that are already complete are skipped, so a rerun resumes. The output folder receives
 predictions only; the run report (:class:`RunReport`, JSON) is written elsewhere by the caller.
+
+Speed: the network runs through :mod:`cwdm.fastpath` (prepared once per model). On a GPU the next batch
+is read and preprocessed, and finished cases are written, on background threads (:mod:`cwdm.throughput`),
+and with several GPUs the batches are shared out to one worker process per GPU; results are recorded in
+the same deterministic order either way. On a CPU the run is sequential.
 The library never prints: progress is reported through the ``on_case`` and ``on_step`` callbacks.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import functools
 import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .cases import Case
 from .checkpoints import load_denoiser
 from .config import PostprocessName, RunParameters, SamplerName
 from .denoiser import Denoiser
 from .errors import CaseError, CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
-from .runtime import Runtime, case_generator, resolve_runtime
+from .fastpath import FastDenoiser, FastPathOptions, ensure_writable_caches, prepare_denoiser
+from .runtime import Runtime, case_generator, resolve_runtime, worker_devices
 from .sampling import sample
 from .schedule import NoiseSchedule
 from .sequences import CANONICAL_ORDER, MRISequence, condition_order
+from .throughput import BackgroundWriter, OrderedRecorder, Throughput, WorkerEvents, prefetched, run_workers
 from .volumes import (
     POSTPROCESSES,
     NetworkLayout,
@@ -281,6 +290,12 @@ class Synthesizer:
         schedule: The models' training noise schedule.
         unavailable: Targets whose model could not be loaded, with the reason; their cases fail.
         checkpoints: The file each model came from (for the report).
+        fast_path: The network's fast-path settings; default: :meth:`FastPathOptions.resolve` for
+            ``runtime.device`` with its defaults.
+        throughput: Background I/O and worker devices; default: :meth:`Throughput.for_devices` of
+            every GPU when ``runtime`` is a GPU (sequential on a CPU).
+        worker_factory: Builds the synthesizer of one worker device (must be picklable); default:
+            copies of ``models`` (:meth:`from_weights` passes one that loads the weights there).
     """
 
     def __init__(
@@ -291,6 +306,10 @@ class Synthesizer:
         schedule: NoiseSchedule,
         unavailable: Mapping[MRISequence, str] | None = None,
         checkpoints: Mapping[MRISequence, Path] | None = None,
+        *,
+        fast_path: FastPathOptions | None = None,
+        throughput: Throughput | None = None,
+        worker_factory: Callable[[torch.device], Synthesizer] | None = None,
     ) -> None:
         sizes = {model.config.size_multiple for model in models.values()}
         if len(sizes) > 1:
@@ -301,6 +320,12 @@ class Synthesizer:
         self.schedule = schedule
         self.unavailable = dict(unavailable or {})
         self.checkpoints = dict(checkpoints or {})
+        self.fast_path = fast_path or FastPathOptions.resolve(runtime.device)
+        self.throughput = throughput or Throughput.for_devices(
+            worker_devices(runtime.device), settings.batch_size
+        )
+        self.worker_factory = worker_factory
+        self._fast: dict[nn.Module, FastDenoiser] = {}
         #: Image-space sizes must divide by this (the wavelet halves them, the U-Net then needs its multiple).
         self.multiple = 2 * (sizes.pop() if sizes else 1)
 
@@ -310,24 +335,39 @@ class Synthesizer:
         weights_dir: Path,
         params: RunParameters,
         targets: Iterable[MRISequence | str] | None = None,
+        *,
+        throughput: Throughput | None = None,
     ) -> Synthesizer:
         """Load the models of ``targets`` (all four when ``None``) from a weights directory, once.
 
         A target without a usable checkpoint does not stop the others: it is recorded in
-        :attr:`unavailable`, and its cases fail with the reason.
+        :attr:`unavailable`, and its cases fail with the reason. Unset or unwritable compiler caches
+        are pointed at temporary folders first (:func:`cwdm.fastpath.ensure_writable_caches`). With
+        several GPUs the models are loaded here on the CPU (to check them) and again by each worker.
 
         Args:
             weights_dir: One checkpoint per target plus an optional ``model.yaml`` (README, "Weights").
             params: The run parameters (parameters.yaml).
             targets: The targets the cases need (see :func:`needed_targets`).
+            throughput: Background I/O and worker devices (default: see the constructor).
 
         Raises:
             CheckpointError: ``weights_dir`` is not a directory, or holds two checkpoints for a target.
             ConfigError: invalid ``model.yaml``, sampling settings, device or precision.
         """
+        ensure_writable_caches()  # before the first CUDA call: the driver reads CUDA_CACHE_PATH then
         weights = WeightsDir.open(Path(weights_dir))
         settings = SamplingSettings.resolve(params, weights)
         runtime = resolve_runtime(params.device, params.precision)
+        fast_path = FastPathOptions.resolve(
+            runtime.device,
+            fast_path=params.fast_path,
+            compile=params.compile,
+            compile_mode=params.compile_mode,
+            cuda_graphs=params.cuda_graphs,
+        )
+        throughput = throughput or Throughput.for_devices(worker_devices(runtime.device), settings.batch_size)
+        load_device = torch.device("cpu") if throughput.sharded else runtime.device
         wanted = CANONICAL_ORDER if targets is None else tuple(MRISequence(t) for t in targets)
         models: dict[MRISequence, Denoiser] = {}
         unavailable: dict[MRISequence, str] = {}
@@ -335,14 +375,25 @@ class Synthesizer:
         for target in dict.fromkeys(wanted):
             try:
                 path = weights.checkpoint(target)
-                models[target] = load_denoiser(path, weights.spec.denoiser_config()).to(runtime.device)
+                models[target] = load_denoiser(path, weights.spec.denoiser_config()).to(load_device)
             except CheckpointError as exc:
                 unavailable[target] = str(exc)
                 log.error("no model for target %s: %s", target, exc)
                 continue
             checkpoints[target] = path
             log.info("loaded the %s model from %s", target, path)
-        return cls(models, settings, runtime, weights.spec.schedule(), unavailable, checkpoints)
+        factory = functools.partial(_worker_from_weights, Path(weights_dir), params, tuple(models))
+        return cls(
+            models,
+            settings,
+            runtime,
+            weights.spec.schedule(),
+            unavailable,
+            checkpoints,
+            fast_path=fast_path,
+            throughput=throughput,
+            worker_factory=factory,
+        )
 
     # -- the run ------------------------------------------------------------------------------
     def run(
@@ -397,14 +448,17 @@ class Synthesizer:
             target = self._triage(case, out_dir, record)
             if target is not None:
                 pending[target].append(case)
+        batches: list[tuple[MRISequence, list[Case]]] = []
+        size = self.settings.batch_size
         for target, todo in pending.items():
             if todo and target not in self.models:
                 self._fail_unavailable(target, todo, record)
                 continue
-            for first in range(0, len(todo), self.settings.batch_size):
-                self._run_batch(
-                    target, todo[first : first + self.settings.batch_size], out_dir, record, on_step
-                )
+            batches += [(target, todo[first : first + size]) for first in range(0, len(todo), size)]
+        if self.throughput.sharded and batches:
+            self._process_sharded(batches, out_dir, record, on_step)
+        else:
+            self._process_local(batches, out_dir, record, on_step)
 
         return RunReport(
             cases=tuple(results[case.case_id] for case in cases),
@@ -468,18 +522,95 @@ class Synthesizer:
                     CaseResult(case.case_id, "failed", target, error=message, error_type=type(exc).__name__)
                 )
 
-    def _run_batch(
+    def _process_local(
         self,
-        target: MRISequence,
-        cases: Sequence[Case],
+        batches: Iterable[tuple[MRISequence, Sequence[Case]]],
         out_dir: Path,
         record: CaseCallback,
         on_step: StepCallback | None,
     ) -> None:
+        """Prepare, sample and write ``batches`` in this process (background I/O per :attr:`throughput`).
+
+        Results reach ``record`` in the order of the sequential run: each batch's preparation failures,
+        then its cases as they are written (or fail), batch after batch.
+        """
+        flow = self.throughput
+        recorder: OrderedRecorder[CaseResult] = OrderedRecorder(record)
+
+        def stepped(ids: tuple[str, ...], done: int, total: int) -> None:
+            recorder.flush()  # hand over the cases the writer has finished meanwhile
+            if on_step is not None:
+                on_step(ids, done, total)
+
+        with BackgroundWriter(flow.max_pending_writes, flow.background_io) as writer:
+
+            def write(item: _Prepared, volume: np.ndarray, elapsed_s: float) -> None:
+                recorder.add_future(writer.submit(self._write_isolated, item, volume, elapsed_s))
+
+            stream = prefetched(
+                batches,
+                lambda batch: self._prepare_batch(batch[0], batch[1], out_dir),
+                flow.prefetch_batches,
+                flow.background_io,
+            )
+            with closing(stream):
+                for (target, _), (prepared, failures) in stream:
+                    recorder.extend(failures)
+                    self._run_batch(target, prepared, recorder.add, stepped, write)
+        recorder.flush(wait=True)
+
+    def _process_sharded(
+        self,
+        batches: Sequence[tuple[MRISequence, Sequence[Case]]],
+        out_dir: Path,
+        record: CaseCallback,
+        on_step: StepCallback | None,
+    ) -> None:
+        """Share ``batches`` out to one worker process per device; record their results in case order."""
+        targets = {case.case_id: target for target, cases in batches for case in cases}
+        factory = self.worker_factory or functools.partial(
+            _worker_from_parts,
+            {target: copy.deepcopy(model).cpu() for target, model in self.models.items()},
+            self.settings,
+            self.runtime.precision,
+            self.schedule,
+            self.fast_path,
+        )
+
+        def lost(case_id: str, reason: str) -> CaseResult:
+            return CaseResult(case_id, "failed", targets[case_id], error=reason, error_type="WorkerError")
+
+        run_workers(
+            functools.partial(_run_shard, factory, out_dir),
+            batches,
+            self.throughput.devices,
+            record=record,
+            order=list(targets),
+            key=lambda result: result.case_id,
+            lost=lost,
+            on_step=on_step,
+        )
+
+    def _prepare_batch(
+        self, target: MRISequence, cases: Sequence[Case], out_dir: Path
+    ) -> tuple[list[_Prepared], list[CaseResult]]:
+        """Prepare each case (on the background thread when there is one); failures are returned."""
         prepared: list[_Prepared] = []
+        failures: list[CaseResult] = []
         for case in cases:
-            with self._isolate([case], target, record):
+            with self._isolate([case], target, failures.append):
                 prepared.append(self._prepare(case, target, out_dir))
+        return prepared, failures
+
+    def _run_batch(
+        self,
+        target: MRISequence,
+        prepared: Sequence[_Prepared],
+        record: CaseCallback,
+        on_step: StepCallback | None,
+        write: Callable[[_Prepared, np.ndarray, float], None],
+    ) -> None:
+        """Sample the prepared cases of one target, by network shape; each volume goes to ``write``."""
         by_shape: dict[tuple[int, int, int], list[_Prepared]] = {}
         for item in prepared:
             by_shape.setdefault(item.layout.network_shape, []).append(item)
@@ -489,8 +620,14 @@ class Synthesizer:
                 volumes = self._synthesise(target, group, on_step)
                 share = (time.perf_counter() - start) / len(group)
                 for item, volume in zip(group, volumes, strict=True):
-                    with self._isolate([item.case], target, record):
-                        record(self._write(item, volume, item.elapsed_s + share))
+                    write(item, volume, item.elapsed_s + share)
+
+    def _write_isolated(self, item: _Prepared, volume: np.ndarray, elapsed_s: float) -> list[CaseResult]:
+        """:meth:`_write` inside the isolation boundary (on the writer thread when there is one)."""
+        results: list[CaseResult] = []
+        with self._isolate([item.case], item.target, results.append):
+            results.append(self._write(item, volume, elapsed_s))
+        return results
 
     def _prepare(self, case: Case, target: MRISequence, out_dir: Path) -> _Prepared:
         """Read, check and preprocess the three present sequences of ``case``.
@@ -524,14 +661,13 @@ class Synthesizer:
             elapsed_s=time.perf_counter() - start,
         )
 
-    def _network(self, denoiser: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:
-        """The denoiser call under autocast (the only autocast region; the sampler stays float32)."""
-
-        def call(x: Tensor, t: Tensor) -> Tensor:
-            with self.runtime.autocast():
-                return denoiser(x, t)
-
-        return call
+    def _network(self, denoiser: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+        """The denoiser's fast-path call (:mod:`cwdm.fastpath`), prepared once per model: autocast
+        around the network only (the sampler stays float32), inference mode, float32 output."""
+        fast = self._fast.get(denoiser)
+        if fast is None:
+            fast = self._fast[denoiser] = prepare_denoiser(denoiser, self.runtime, self.fast_path)
+        return fast
 
     def _synthesise(
         self, target: MRISequence, group: Sequence[_Prepared], on_step: StepCallback | None
@@ -569,6 +705,46 @@ class Synthesizer:
             raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
         elapsed_s += time.perf_counter() - start
         return CaseResult(item.case.case_id, "written", item.target, item.output, elapsed_s)
+
+
+def _worker_from_weights(
+    weights_dir: Path, params: RunParameters, targets: tuple[MRISequence, ...], device: torch.device
+) -> Synthesizer:
+    """A worker's synthesizer: the same weights and parameters, on ``device`` only."""
+    worker = params.model_copy(update={"device": device.type})
+    return Synthesizer.from_weights(
+        weights_dir, worker, targets, throughput=Throughput.for_devices([device], params.batch_size)
+    )
+
+
+def _worker_from_parts(
+    models: Mapping[MRISequence, Denoiser],
+    settings: SamplingSettings,
+    precision: str,
+    schedule: NoiseSchedule,
+    fast_path: FastPathOptions,
+    device: torch.device,
+) -> Synthesizer:
+    """A worker's synthesizer from in-memory models (copied to ``device``)."""
+    return Synthesizer(
+        {target: model.to(device) for target, model in models.items()},
+        settings,
+        Runtime(device, precision),
+        schedule,
+        fast_path=fast_path,
+        throughput=Throughput.for_devices([device], settings.batch_size),
+    )
+
+
+def _run_shard(
+    factory: Callable[[torch.device], Synthesizer],
+    out_dir: Path,
+    device: torch.device,
+    batches: Iterable[tuple[MRISequence, Sequence[Case]]],
+    events: WorkerEvents,
+) -> None:
+    """The work of one worker process (see :func:`cwdm.throughput.run_workers`)."""
+    factory(device)._process_local(batches, out_dir, events.record, events.on_step)
 
 
 def _log_result(result: CaseResult) -> None:

@@ -143,3 +143,13 @@ def case_seed(seed: int, case_id: str) -> int:
 def case_generator(seed: int, case_id: str, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded with :func:`case_seed` (the sampler draws on that device)."""
     return torch.Generator(device=device).manual_seed(case_seed(seed, case_id))
+
+
+def worker_devices(device: torch.device) -> tuple[torch.device, ...]:
+    """The devices a run shares its cases over: every visible CUDA GPU when ``device`` is a GPU
+    (restrict them with ``CUDA_VISIBLE_DEVICES`` or ``docker run --gpus``), else ``device`` alone."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count > 1:
+            return tuple(torch.device("cuda", index) for index in range(count))
+    return (device,)
