@@ -59,6 +59,20 @@ def test_recorder_keeps_the_order_of_addition_whatever_finishes_first() -> None:
     assert seen == ["a", "c1", "c2", "b", "d"] and len(recorder) == 0
 
 
+def test_recorder_stops_at_cancelled_work() -> None:
+    seen: list[str] = []
+    recorder: OrderedRecorder[str] = OrderedRecorder(seen.append)
+    done: Future[list[str]] = Future()
+    done.set_result(["written"])
+    cancelled: Future[list[str]] = Future()
+    cancelled.cancel()
+    recorder.add_future(done)
+    recorder.add_future(cancelled)
+    recorder.add("after")
+    recorder.flush(wait=True)
+    assert seen == ["written"] and len(recorder) == 2
+
+
 def test_recorder_flush_can_wait() -> None:
     seen: list[str] = []
     recorder: OrderedRecorder[str] = OrderedRecorder(seen.append)
@@ -143,7 +157,7 @@ def test_writer_bounds_the_pending_jobs_and_finishes_them_on_exit() -> None:
     assert done == [0, 1, 2] and [f.result() for f in futures] == [0, 1, 2]
 
 
-def test_writer_cancels_queued_jobs_when_the_run_fails() -> None:
+def test_writer_finishes_every_job_when_the_run_fails() -> None:
     release = threading.Event()
     done: list[int] = []
 
@@ -155,8 +169,7 @@ def test_writer_cancels_queued_jobs_when_the_run_fails() -> None:
         futures = [writer.submit(job, v) for v in range(3)]
         threading.Timer(0.2, release.set).start()
         raise RuntimeError("sampling failed")
-    assert done == [0]  # the running job finished; the queued ones never started
-    assert [f.cancelled() for f in futures] == [False, True, True]
+    assert done == [0, 1, 2] and all(f.done() and not f.cancelled() for f in futures)
 
 
 # -- the pipeline with background I/O ------------------------------------------------------------------------
@@ -277,6 +290,43 @@ def test_the_next_case_is_read_and_the_last_one_written_while_sampling(
     read.clear()
     _run(data, tmp_path / "seq", SEQUENTIAL, {MRISequence.T2F: sequential})
     assert sequential.timed_out == [1]  # the oracle: without prefetching, case 2 is not read meanwhile
+
+
+class _StopAtBatch(CopyCondition):
+    """Raises KeyboardInterrupt (as a signal handler would) on the first step of batch ``stop``."""
+
+    def __init__(self, stop: int) -> None:
+        super().__init__(0)
+        self.stop = stop
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if len(self.seen) == 3 * (self.stop - 1):
+            raise KeyboardInterrupt
+        return super().forward(x, t)
+
+
+def test_a_stopped_run_records_the_cases_already_written(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    for number in (1, 2, 3):
+        write_case(data, f"BraTS-GLI-0000{number}-000", missing="t2f", seed=number)
+    seen: list[CaseResult] = []
+    synth = Synthesizer(
+        {MRISequence.T2F: _StopAtBatch(3)},
+        _settings(),
+        Runtime(CPU, "fp32"),
+        NoiseSchedule.linear(1000),
+        throughput=THREADED,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        synth.run(discover_cases(data), out, on_case=seen.append)
+    assert [(r.case_id, r.status) for r in seen] == [
+        ("BraTS-GLI-00001-000", "written"),
+        ("BraTS-GLI-00002-000", "written"),
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [f"BraTS-GLI-0000{n}-000-t2f.nii.gz" for n in (1, 2)]
+    assert threading.active_count() == 1 or all(
+        not t.name.startswith(("cwdm-prefetch", "cwdm-writer")) for t in threading.enumerate()
+    )
 
 
 def test_failed_writes_stay_isolated_and_leave_no_partial_file(tmp_path: Path) -> None:

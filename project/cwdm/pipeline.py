@@ -542,22 +542,26 @@ class Synthesizer:
             if on_step is not None:
                 on_step(ids, done, total)
 
-        with BackgroundWriter(flow.max_pending_writes, flow.background_io) as writer:
+        try:
+            with BackgroundWriter(flow.max_pending_writes, flow.background_io) as writer:
 
-            def write(item: _Prepared, volume: np.ndarray, elapsed_s: float) -> None:
-                recorder.add_future(writer.submit(self._write_isolated, item, volume, elapsed_s))
+                def write(item: _Prepared, volume: np.ndarray, elapsed_s: float) -> None:
+                    recorder.add_future(writer.submit(self._write_isolated, item, volume, elapsed_s))
 
-            stream = prefetched(
-                batches,
-                lambda batch: self._prepare_batch(batch[0], batch[1], out_dir),
-                flow.prefetch_batches,
-                flow.background_io,
-            )
-            with closing(stream):
-                for (target, _), (prepared, failures) in stream:
-                    recorder.extend(failures)
-                    self._run_batch(target, prepared, recorder.add, stepped, write)
-        recorder.flush(wait=True)
+                stream = prefetched(
+                    batches,
+                    lambda batch: self._prepare_batch(batch[0], batch[1], out_dir),
+                    flow.prefetch_batches,
+                    flow.background_io,
+                )
+                with closing(stream):
+                    for (target, _), (prepared, failures) in stream:
+                        recorder.extend(failures)
+                        self._run_batch(target, prepared, recorder.add, stepped, write)
+        finally:
+            # Also when stopped: the cases written before the writer shut down are recorded as written
+            # (the writes that had not started were cancelled and stay unrecorded).
+            recorder.flush(wait=True)
 
     def _process_sharded(
         self,

@@ -105,11 +105,15 @@ class OrderedRecorder(Generic[R]):
         self.flush()
 
     def flush(self, wait: bool = False) -> None:
-        """Record the ready items at the head; with ``wait``, wait for every pending one."""
+        """Record the ready items at the head; with ``wait``, wait for every pending one.
+
+        A cancelled future (work dropped when a run is stopped) holds back itself and everything
+        behind it, for good.
+        """
         while self._items:
             head = self._items[0]
             if isinstance(head, Future):
-                if not wait and not head.done():
+                if head.cancelled() or (not wait and not head.done()):
                     return
                 results = head.result()  # the work function isolates case errors; anything else is a bug
                 self._items.popleft()
@@ -189,9 +193,10 @@ class _Raised:
 class BackgroundWriter:
     """Runs write jobs on one background thread; at most ``max_pending`` wait at a time.
 
-    Use as a context manager. On a normal exit every job finishes; when the block raises, jobs that
-    have not started are cancelled and the one running finishes (its output stays atomic).
-    Without ``background`` each job runs at once in the calling thread.
+    Use as a context manager. On exit every submitted job finishes, also when the block raises (a
+    stopped run): each job writes a volume whose sampling is already paid for, and its output is
+    atomic should the process be killed meanwhile. Without ``background`` each job runs at once in
+    the calling thread.
     """
 
     def __init__(self, max_pending: int = 4, background: bool = True) -> None:
@@ -206,7 +211,7 @@ class BackgroundWriter:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+            self._pool.shutdown(wait=True)
             self._pool = None
 
     def submit(self, job: Callable[..., R], *args: Any) -> Future[R]:
