@@ -15,7 +15,10 @@ package (the MLCube runner itself). It does what ``cwdm infer`` does, with the M
 - logs go to stderr and, with the JSON run report, to files outside the output folder: ``--report_path``
   or ``$TMPDIR/cwdm-<UTC time>-report.json`` (+ ``.log``); MedPerf mounts its own folder at /tmp;
 - exit code 0 only when every case with exactly one missing sequence has its output; 1 when a case
-  failed (its error is in the log and the report); 2 when nothing ran (bad parameters or weights).
+  failed (its error is in the log and the report); 2 when nothing ran (bad parameters or weights);
+  130 / 143 when SIGINT / SIGTERM stopped the run (cleanly: no partial output, the report and the
+  summary table say which cases are unfinished, and a rerun does them). The summary table and the
+  report are produced in every case where the run started.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import typer
 from cwdm.cases import discover_cases
 from cwdm.checkpoints import CHECKPOINT_SUFFIXES
 from cwdm.config import load_run_parameters
-from cwdm.errors import CheckpointError, CwdmError
+from cwdm.errors import CheckpointError, CwdmError, Interrupted
 from cwdm.pipeline import RunReport, Synthesizer, check_report_path, needed_targets, write_report
+from cwdm.signals import stop_on_signals
 
 #: Environment variable naming the weights baked into the image (set by the Dockerfile).
 DEFAULT_WEIGHTS_ENV = "CWDM_DEFAULT_WEIGHTS"
@@ -99,9 +103,29 @@ def _log_steps(case_ids: tuple[str, ...], done: int, total: int) -> None:
         log.info("sampling %s: step %d/%d", ", ".join(case_ids), done, total)
 
 
-def _log_summary(report: RunReport, report_path: Path) -> None:
-    counts = ", ".join(f"{report.count(s)} {s}" for s in ("written", "skipped", "failed", "ignored"))
-    log.info("%s in %.1f s; report: %s", counts, report.elapsed_s, report_path)
+def summary_table(report: RunReport) -> str:
+    """The per-case summary as a plain-text table (case, target, status, seconds, detail)."""
+    rows = [("case", "target", "status", "time (s)", "detail")]
+    for result in report.cases:
+        timing = f"{result.elapsed_s:.1f}" if result.status == "written" else ""
+        detail = result.error or "; ".join(result.warnings)
+        rows.append((result.case_id, result.target or "-", result.status, timing, detail))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    )
+
+
+def _log_summary(report: RunReport, report_path: Path | None) -> None:
+    log.info("summary:\n%s", summary_table(report))
+    log.info(
+        "%s in %.1f s; exit status %d; report: %s",
+        report.counts_text(),
+        report.elapsed_s,
+        report.exit_code,
+        report_path or "not written (see the error above)",
+    )
     for result in report.cases:
         if not result.ok:
             log.log(
@@ -135,22 +159,32 @@ def infer(
         raise typer.Exit(2) from exc
     _setup_logging(report_file.with_suffix(".log"))
     try:
-        params = load_run_parameters(Path(parameters_file))
-        cases = discover_cases(Path(data_path))
-        synth = Synthesizer.from_weights(choose_weights(Path(weights)), params, needed_targets(cases))
-        log.info(
-            "%d case folders; %s; %s %d steps",
-            len(cases),
-            synth.runtime.describe(),
-            synth.settings.sampler,
-            synth.settings.steps,
-        )
-        report = synth.run(cases, out_dir, on_step=_log_steps)  # the pipeline logs each case
-        write_report(report, report_file)
+        with stop_on_signals():  # SIGTERM (docker stop, MedPerf) or SIGINT: stop cleanly, then report
+            params = load_run_parameters(Path(parameters_file))
+            cases = discover_cases(Path(data_path))
+            synth = Synthesizer.from_weights(choose_weights(Path(weights)), params, needed_targets(cases))
+            log.info(
+                "%d case folders; %s; %s %d steps",
+                len(cases),
+                synth.runtime.describe(),
+                synth.settings.sampler,
+                synth.settings.steps,
+            )
+            report = synth.run(cases, out_dir, on_step=_log_steps)  # the pipeline logs each case
     except CwdmError as exc:
         log.error("%s", exc)
         raise typer.Exit(2) from exc
-    _log_summary(report, report_file)
+    except Interrupted as exc:
+        if exc.report is None:
+            log.error("stopped by %s before any case ran", exc.signal_name)
+            raise typer.Exit(exc.exit_code) from None
+        report = exc.report  # type: ignore[assignment]
+    try:
+        written: Path | None = write_report(report, report_file)
+    except CwdmError as exc:  # the outputs stand; the log holds every case's outcome
+        log.error("%s", exc)
+        written = None
+    _log_summary(report, written)
     raise typer.Exit(report.exit_code)
 
 

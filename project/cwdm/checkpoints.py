@@ -55,8 +55,9 @@ def read_state_dict(path: Path | str) -> dict[str, Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
-            # weights_only refused an object that only arbitrary code could rebuild.
+        if "unsupported global" in str(exc).lower():
+            # weights_only refused an object that only arbitrary code could rebuild (torch words it
+            # "Unsupported global: ..." or "unsupported GLOBAL posix.system whose module ... is blocked").
             raise CheckpointError(
                 f"{path}: refused to load: the file needs code execution to unpickle "
                 f"({_first_line(exc)}). Only plain state dicts of tensors are accepted."
@@ -78,7 +79,7 @@ def read_state_dict(path: Path | str) -> dict[str, Tensor]:
 
 def _first_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+    detail = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
     return detail.strip()
 
 

@@ -74,24 +74,43 @@ def infer(
     """Synthesise the missing sequence of every case in DATA into OUT (a rerun skips finished cases)."""
     from .cases import discover_cases
     from .config import load_run_parameters, override_run_parameters
-    from .pipeline import Synthesizer, check_report_path, needed_targets, write_report
+    from .errors import Interrupted
+    from .pipeline import Synthesizer, check_report_path, needed_targets
+    from .signals import stop_on_signals
 
     console = _setup_rich_logging(verbose)
     options = {"sampling_steps": steps, "sampler": sampler, "seed": seed, "device": device}
     options |= {"precision": precision, "batch_size": batch_size, "postprocess": postprocess}
     report_path = report or out.with_name(f"{out.name}-report.json")
     try:
-        params = override_run_parameters(load_run_parameters(parameters), options)
-        check_report_path(report_path, out)
-        cases = discover_cases(data)
-        synth = Synthesizer.from_weights(weights, params, needed_targets(cases))
-        with _InferProgress(console, len(cases), synth.settings.steps) as progress:
-            result = synth.run(cases, out, on_case=progress.case_done, on_step=progress.step)
-        write_report(result, report_path)
+        with stop_on_signals():  # SIGINT/SIGTERM: stop cleanly, then report what was done
+            params = override_run_parameters(load_run_parameters(parameters), options)
+            check_report_path(report_path, out)
+            cases = discover_cases(data)
+            synth = Synthesizer.from_weights(weights, params, needed_targets(cases))
+            with _InferProgress(console, len(cases), synth.settings.steps) as progress:
+                result = synth.run(cases, out, on_case=progress.case_done, on_step=progress.step)
     except CwdmError as exc:
         raise _fail(exc) from exc
-    _render_summary(result, report_path)
+    except Interrupted as exc:
+        if exc.report is None:
+            typer.secho(f"stopped by {exc.signal_name} before any case ran", err=True, fg=typer.colors.RED)
+            raise typer.Exit(exc.exit_code) from None
+        result = exc.report  # type: ignore[assignment]
+    _render_summary(result, _save_report(result, report_path))
     raise typer.Exit(result.exit_code)
+
+
+def _save_report(result: RunReport, report_path: Path) -> Path | None:
+    """Write the JSON report; if that fails, say so and go on: the outputs stand, and stderr and the
+    summary hold every case's outcome (the exit status still follows the cases)."""
+    from .pipeline import write_report
+
+    try:
+        return write_report(result, report_path)
+    except CwdmError as exc:
+        log.error("%s", exc)
+        return None
 
 
 def _setup_rich_logging(verbose: bool) -> Console:
@@ -138,7 +157,7 @@ class _InferProgress:
         )
 
 
-def _render_summary(result: RunReport, report_path: Path) -> None:
+def _render_summary(result: RunReport, report_path: Path | None) -> None:
     table = Table(title=f"cwdm infer: {result.out_dir}", title_justify="left")
     columns = ["case", "target", "status", "time (s)"] + (
         ["detail"] if any(c.error for c in result.cases) else []
@@ -151,10 +170,11 @@ def _render_summary(result: RunReport, report_path: Path) -> None:
         table.add_row(*cells[: len(columns)])
     console = Console()
     console.print(table)
-    counts = ", ".join(f"{result.count(s)} {s}" for s in ("written", "skipped", "failed", "ignored"))
+    stopped = "" if result.interrupted_by is None else f"; stopped early, exit {result.exit_code}"
     console.print(
-        f"{counts} in {result.elapsed_s:.1f} s on {result.runtime.device} ({result.runtime.precision}, "
-        f"{result.settings.sampler} {result.settings.steps} steps); report: {report_path}",
+        f"{result.counts_text()} in {result.elapsed_s:.1f} s on {result.runtime.device} "
+        f"({result.runtime.precision}, {result.settings.sampler} {result.settings.steps} steps{stopped}); "
+        f"report: {report_path or 'not written (see the error above)'}",
         highlight=False,
     )
 

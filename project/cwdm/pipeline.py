@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -47,7 +48,16 @@ from .cases import Case
 from .checkpoints import load_denoiser
 from .config import PostprocessName, RunParameters, SamplerName
 from .denoiser import Denoiser
-from .errors import CaseError, CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
+from .errors import (
+    CaseError,
+    CheckpointError,
+    ConfigError,
+    CwdmError,
+    DeviceMemoryError,
+    GeometryError,
+    Interrupted,
+    VolumeReadError,
+)
 from .fastpath import FastDenoiser, FastPathOptions, ensure_writable_caches, prepare_denoiser
 from .runtime import Runtime, case_generator, resolve_runtime, worker_devices
 from .sampling import sample
@@ -61,6 +71,7 @@ from .volumes import (
     VolumeError,
     describe_grid,
     normalise,
+    probe_writable,
     read_volume,
     remove_partial_files,
     same_grid,
@@ -71,7 +82,9 @@ from .weights import WeightsDir
 
 log = logging.getLogger(__name__)
 
-CaseStatus = Literal["written", "skipped", "failed", "ignored"]
+CaseStatus = Literal["written", "skipped", "failed", "ignored", "interrupted"]
+#: Every status, in the order reports list them.
+CASE_STATUSES: tuple[CaseStatus, ...] = ("written", "skipped", "failed", "ignored", "interrupted")
 #: Called after each case with its result.
 CaseCallback = Callable[["CaseResult"], None]
 #: Called after every sampling step as ``on_step(case_ids, done, total)`` for the batch being sampled.
@@ -85,13 +98,16 @@ class CaseResult:
     Attributes:
         case_id: The case folder name.
         status: ``written`` (output synthesised now), ``skipped`` (a complete output was already
-            there), ``failed`` (the case needed an output and did not get one) or ``ignored`` (not a
-            case with exactly one missing sequence, e.g. a complete training case).
+            there), ``failed`` (the case needed an output and did not get one), ``ignored`` (not a
+            case with exactly one missing sequence, e.g. a complete training case) or
+            ``interrupted`` (the run was stopped by a signal before the case was finished; a rerun
+            does it).
         target: The synthesised sequence, when known.
         output: The output file (written or skipped cases).
         elapsed_s: Wall time spent on the case; a batch's sampling time is shared equally.
-        error: Why the case failed or was ignored.
+        error: Why the case failed, was ignored or was interrupted.
         error_type: The exception's class name, for failed cases.
+        warnings: Remarks on a case that was written all the same (e.g. a constant input volume).
     """
 
     case_id: str
@@ -101,6 +117,7 @@ class CaseResult:
     elapsed_s: float = 0.0
     error: str | None = None
     error_type: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -116,6 +133,7 @@ class CaseResult:
             "elapsed_s": round(self.elapsed_s, 3),
             "error": self.error,
             "error_type": self.error_type,
+            "warnings": list(self.warnings),
         }
 
 
@@ -165,6 +183,7 @@ class RunReport:
         unavailable: Targets whose model could not be loaded, with the reason.
         started_at: UTC start time, ISO 8601.
         elapsed_s: Wall time of the run.
+        interrupted_by: The number of the signal that stopped the run early, if one did.
     """
 
     cases: tuple[CaseResult, ...]
@@ -175,9 +194,15 @@ class RunReport:
     unavailable: Mapping[MRISequence, str] = field(default_factory=dict)
     started_at: str = ""
     elapsed_s: float = 0.0
+    interrupted_by: int | None = None
 
     def count(self, status: CaseStatus) -> int:
         return sum(result.status == status for result in self.cases)
+
+    def counts_text(self) -> str:
+        """``3 written, 0 skipped, 1 failed, 0 ignored`` (plus ``, 2 interrupted`` when there are any)."""
+        shown = [s for s in CASE_STATUSES if s != "interrupted" or self.count(s)]
+        return ", ".join(f"{self.count(status)} {status}" for status in shown)
 
     @property
     def expected(self) -> tuple[CaseResult, ...]:
@@ -186,7 +211,10 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when there was at least one case to synthesise and every such case has its output, else 1."""
+        """0 when there was at least one case to synthesise and every such case has its output; 128 +
+        the signal number when a signal stopped the run (130 for SIGINT, 143 for SIGTERM); else 1."""
+        if self.interrupted_by is not None:
+            return 128 + self.interrupted_by
         expected = self.expected
         return 0 if expected and all(result.ok for result in expected) else 1
 
@@ -198,6 +226,9 @@ class RunReport:
             "started_at": self.started_at,
             "elapsed_s": round(self.elapsed_s, 3),
             "exit_code": self.exit_code,
+            "interrupted_by": (
+                None if self.interrupted_by is None else Interrupted(self.interrupted_by).signal_name
+            ),
             "out_dir": str(self.out_dir),
             "device": str(self.runtime.device),
             "precision": self.runtime.precision,
@@ -211,7 +242,7 @@ class RunReport:
             },
             "models": {str(seq): str(path) for seq, path in self.models.items()},
             "unavailable_models": {str(seq): reason for seq, reason in self.unavailable.items()},
-            "counts": {status: self.count(status) for status in ("written", "skipped", "failed", "ignored")},
+            "counts": {status: self.count(status) for status in CASE_STATUSES},
             "cases": [result.to_record() for result in self.cases],
         }
 
@@ -238,6 +269,31 @@ def check_report_path(report_path: Path, out_dir: Path) -> None:
             f"report file {report_path} is inside the output folder {out_dir}; the output folder must "
             "hold predictions only: put the report elsewhere"
         )
+
+
+def check_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
+    """Refuse an output folder that overlaps the inputs, symbolic links resolved.
+
+    The output folder may not be the data folder, lie inside it or inside a case folder (inputs are
+    never modified), nor contain the data folder or a case folder (it must hold predictions only).
+
+    Raises:
+        ConfigError: naming both folders.
+    """
+    out_dir = Path(out_dir)
+    data_folders = sorted({case.folder.parent for case in cases})
+    for folder in data_folders + [case.folder for case in cases]:
+        kind = "data folder" if folder in data_folders else "case folder"
+        if _inside(out_dir, folder):
+            raise ConfigError(
+                f"output folder {out_dir} is inside the {kind} {folder}; inputs are never modified: "
+                "choose an output folder outside it"
+            )
+        if _inside(folder, out_dir):
+            raise ConfigError(
+                f"output folder {out_dir} contains the {kind} {folder}; the output folder must hold "
+                "predictions only: choose a separate folder"
+            )
 
 
 def write_report(report: RunReport, path: Path) -> Path:
@@ -276,6 +332,7 @@ class _Prepared:
     reference: Volume  # the first condition sequence: its header goes on the output
     output: Path
     elapsed_s: float = 0.0
+    warnings: tuple[str, ...] = ()
 
 
 class Synthesizer:
@@ -326,6 +383,8 @@ class Synthesizer:
         )
         self.worker_factory = worker_factory
         self._fast: dict[nn.Module, FastDenoiser] = {}
+        #: Set after a batch ran out of device memory: the batch size known to be worth trying.
+        self._batch_limit: int | None = None
         #: Image-space sizes must divide by this (the wavelet halves them, the U-Net then needs its multiple).
         self.multiple = 2 * (sizes.pop() if sizes else 1)
 
@@ -380,6 +439,10 @@ class Synthesizer:
                 unavailable[target] = str(exc)
                 log.error("no model for target %s: %s", target, exc)
                 continue
+            except torch.OutOfMemoryError as exc:
+                unavailable[target] = f"out of {load_device} memory loading {path} ({_first_line(exc)})"
+                log.error("no model for target %s: %s", target, unavailable[target])
+                continue
             checkpoints[target] = path
             log.info("loaded the %s model from %s", target, path)
         factory = functools.partial(_worker_from_weights, Path(weights_dir), params, tuple(models))
@@ -416,24 +479,27 @@ class Synthesizer:
             The :class:`RunReport`, cases in the given order.
 
         Raises:
-            ConfigError: ``out_dir`` is inside the data folder or a case folder.
-            CwdmError: ``out_dir`` cannot be created.
+            ConfigError: ``out_dir`` overlaps the inputs (see :func:`check_output_folder`).
+            CwdmError: ``out_dir`` cannot be created or is not writable (checked before any case).
+            Interrupted: a signal stopped the run (:mod:`cwdm.signals`); its ``report`` holds the
+                results so far, the unfinished cases marked ``interrupted``.
         """
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         start = time.perf_counter()
         out_dir = Path(out_dir)
-        for case in cases:
-            if _inside(out_dir, case.folder.parent):
-                raise ConfigError(
-                    f"output folder {out_dir} is inside the data folder {case.folder.parent}; inputs are "
-                    "never modified: choose an output folder outside it"
-                )
+        check_output_folder(out_dir, cases)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CwdmError(f"cannot create the output folder {out_dir} ({exc})") from exc
         for path in remove_partial_files(out_dir):
             log.warning("removed %s, left by an interrupted run", path.name)
+        try:
+            probe_writable(out_dir)
+        except OSError as exc:
+            raise CwdmError(
+                f"the output folder {out_dir} is not writable ({exc.strerror or exc}); nothing was run"
+            ) from exc
 
         results: dict[str, CaseResult] = {}
 
@@ -443,33 +509,54 @@ class Synthesizer:
             if on_case is not None:
                 on_case(result)
 
-        pending: dict[MRISequence, list[Case]] = {seq: [] for seq in CANONICAL_ORDER}
-        for case in cases:
-            target = self._triage(case, out_dir, record)
-            if target is not None:
-                pending[target].append(case)
-        batches: list[tuple[MRISequence, list[Case]]] = []
-        size = self.settings.batch_size
-        for target, todo in pending.items():
-            if todo and target not in self.models:
-                self._fail_unavailable(target, todo, record)
-                continue
-            batches += [(target, todo[first : first + size]) for first in range(0, len(todo), size)]
-        if self.throughput.sharded and batches:
-            self._process_sharded(batches, out_dir, record, on_step)
-        else:
-            self._process_local(batches, out_dir, record, on_step)
+        def report(interrupted_by: int | None = None) -> RunReport:
+            if interrupted_by is None:
+                done = tuple(results[case.case_id] for case in cases)
+            else:
+                done = tuple(results.get(case.case_id) or _unfinished(case, interrupted_by) for case in cases)
+            return RunReport(
+                cases=done,
+                out_dir=out_dir,
+                settings=self.settings,
+                runtime=self.runtime,
+                models=self.checkpoints,
+                unavailable=self.unavailable,
+                started_at=started_at,
+                elapsed_s=time.perf_counter() - start,
+                interrupted_by=interrupted_by,
+            )
 
-        return RunReport(
-            cases=tuple(results[case.case_id] for case in cases),
-            out_dir=out_dir,
-            settings=self.settings,
-            runtime=self.runtime,
-            models=self.checkpoints,
-            unavailable=self.unavailable,
-            started_at=started_at,
-            elapsed_s=time.perf_counter() - start,
-        )
+        try:
+            pending: dict[MRISequence, list[Case]] = {seq: [] for seq in CANONICAL_ORDER}
+            for case in cases:
+                target = self._triage(case, out_dir, record)
+                if target is not None:
+                    pending[target].append(case)
+            batches: list[tuple[MRISequence, list[Case]]] = []
+            size = self.settings.batch_size
+            for target, todo in pending.items():
+                if todo and target not in self.models:
+                    self._fail_unavailable(target, todo, record)
+                    continue
+                batches += [(target, todo[first : first + size]) for first in range(0, len(todo), size)]
+            if self.throughput.sharded and batches:
+                self._process_sharded(batches, out_dir, record, on_step)
+            else:
+                self._process_local(batches, out_dir, record, on_step)
+        except KeyboardInterrupt as exc:  # a signal (cwdm.signals) or Ctrl-C: report what was done
+            stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            stop.report = report(stop.signum)
+            log.warning(
+                "stopped by %s: %d of %d cases unfinished; outputs are complete or absent, and a rerun "
+                "does the rest",
+                stop.signal_name,
+                stop.report.count("interrupted"),
+                len(cases),
+            )
+            if stop is exc:
+                raise
+            raise stop from exc
+        return report()
 
     def _triage(self, case: Case, out_dir: Path, record: CaseCallback) -> MRISequence | None:
         """The case's target if it still needs sampling; otherwise record why not and return None."""
@@ -485,7 +572,10 @@ class Synthesizer:
             return None
         if output.exists() or output.is_symlink():
             log.warning(
-                "%s: %s exists but is incomplete or not on the case's grid; replacing it", case, output
+                "%s: %s exists but is incomplete, not a regular file or not on the case's grid; "
+                "replacing it (a symbolic link is replaced, never written through)",
+                case.case_id,
+                output,
             )
         return target
 
@@ -619,12 +709,58 @@ class Synthesizer:
         for item in prepared:
             by_shape.setdefault(item.layout.network_shape, []).append(item)
         for group in by_shape.values():
-            with self._isolate([item.case for item in group], target, record):
-                start = time.perf_counter()
+            self._sample_group(target, group, record, on_step, write)
+
+    def _sample_group(
+        self,
+        target: MRISequence,
+        group: Sequence[_Prepared],
+        record: CaseCallback,
+        on_step: StepCallback | None,
+        write: Callable[[_Prepared, np.ndarray, float], None],
+    ) -> None:
+        """Sample same-shaped cases together; on running out of device memory, retry in halves.
+
+        A batch that does not fit in the accelerator's memory is sampled again at half the size, down
+        to one case at a time, and the smaller size is kept for the rest of the run. A case that does
+        not fit even alone fails with :class:`DeviceMemoryError`; never silently. Each retry starts
+        its cases' generators afresh, so the outputs are those of a run at the smaller batch size.
+        """
+        limit = self._batch_limit or len(group)
+        if len(group) > limit:
+            for first in range(0, len(group), limit):
+                self._sample_group(target, group[first : first + limit], record, on_step, write)
+            return
+        out_of_memory = ""
+        with self._isolate([item.case for item in group], target, record):
+            start = time.perf_counter()
+            try:
                 volumes = self._synthesise(target, group, on_step)
+            except torch.OutOfMemoryError as exc:
+                if len(group) == 1:
+                    raise DeviceMemoryError(
+                        group[0].case.case_id,
+                        f"out of {self.runtime.device} memory sampling {target} even alone (batch size 1): "
+                        f"{_first_line(exc)}; use a larger GPU, or precision bf16/fp16",
+                        group[0].case.folder,
+                    ) from exc
+                out_of_memory = _first_line(exc)
+            else:
                 share = (time.perf_counter() - start) / len(group)
                 for item, volume in zip(group, volumes, strict=True):
                     write(item, volume, item.elapsed_s + share)
+        if out_of_memory:  # retried here, outside the handler, whose traceback held the batch's tensors
+            self._batch_limit = len(group) // 2
+            log.warning(
+                "out of %s memory sampling %d cases together (%s; %s); retrying %d at a time",
+                self.runtime.device,
+                len(group),
+                ", ".join(item.case.case_id for item in group),
+                out_of_memory,
+                self._batch_limit,
+            )
+            self.runtime.release_cached_memory()
+            self._sample_group(target, group, record, on_step, write)
 
     def _write_isolated(self, item: _Prepared, volume: np.ndarray, elapsed_s: float) -> list[CaseResult]:
         """:meth:`_write` inside the isolation boundary (on the writer thread when there is one)."""
@@ -654,7 +790,8 @@ class Synthesizer:
                     volume.path,
                 )
         layout = NetworkLayout.for_shape(reference.shape, self.multiple)
-        cond = np.stack([layout.to_network(normalise(volume.data)) for volume in volumes])
+        normalised = [normalise(volume.data) for volume in volumes]
+        cond = np.stack([layout.to_network(volume) for volume in normalised])
         return _Prepared(
             case=case,
             target=target,
@@ -663,7 +800,31 @@ class Synthesizer:
             reference=reference,
             output=out_dir / case.output_name(target),
             elapsed_s=time.perf_counter() - start,
+            warnings=self._blank_inputs(case, order, volumes, normalised),
         )
+
+    def _blank_inputs(
+        self,
+        case: Case,
+        order: Sequence[MRISequence],
+        volumes: Sequence[Volume],
+        normalised: Sequence[np.ndarray],
+    ) -> tuple[str, ...]:
+        """Warnings for present sequences that are all zeros after preprocessing (constant volumes:
+        nothing to scale, so no division by zero either); the case is still synthesised."""
+        notes = []
+        for index, (seq, volume, values) in enumerate(zip(order, volumes, normalised, strict=True)):
+            if values.any():
+                continue
+            note = (
+                f"the {seq} volume {volume.path.name} is constant between its 0.1 and 99.9 percentiles: "
+                "it enters the network as all zeros"
+            )
+            if index == 0 and self.settings.postprocess == "brain_mask":
+                note += "; as the first condition it defines the brain mask, so the output is all zeros"
+            log.warning("%s: %s", case.case_id, note)
+            notes.append(note)
+        return tuple(notes)
 
     def _network(self, denoiser: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
         """The denoiser's fast-path call (:mod:`cwdm.fastpath`), prepared once per model: autocast
@@ -698,9 +859,18 @@ class Synthesizer:
         """Post-process one sampled volume, put it on the input grid and write it atomically.
 
         Raises:
-            CaseError: the output file cannot be written.
+            CaseError: the sampled volume has NaN or infinite values, or the output file cannot be
+                written (no partial file remains).
         """
         start = time.perf_counter()
+        finite = np.isfinite(volume)
+        if not finite.all():
+            raise CaseError(
+                item.case.case_id,
+                f"the {item.target} model produced {int(finite.size - finite.sum()):,} NaN or infinite "
+                "voxels; nothing was written (check the checkpoint, or use precision fp32)",
+                self.checkpoints.get(item.target),
+            )
         postprocess = POSTPROCESSES[self.settings.postprocess]
         result = item.layout.to_grid(postprocess(volume, item.cond[0]))
         try:
@@ -708,7 +878,9 @@ class Synthesizer:
         except OSError as exc:
             raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
         elapsed_s += time.perf_counter() - start
-        return CaseResult(item.case.case_id, "written", item.target, item.output, elapsed_s)
+        return CaseResult(
+            item.case.case_id, "written", item.target, item.output, elapsed_s, warnings=item.warnings
+        )
 
 
 def _worker_from_weights(
@@ -761,6 +933,22 @@ def _log_result(result: CaseResult) -> None:
         log.warning("%s: ignored: %s", result.case_id, result.error)
     else:
         log.error("%s%s: failed: %s", result.case_id, target, result.error)
+
+
+def _unfinished(case: Case, signum: int) -> CaseResult:
+    """The result of a case that a signal stopped before it was finished."""
+    target = case.missing[0] if case.expects_synthesis and not case.problems else None
+    return CaseResult(
+        case.case_id,
+        "interrupted",
+        target,
+        error=f"not finished: the run was stopped by {Interrupted(signum).signal_name}; a rerun does it",
+        error_type="Interrupted",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _read(case: Case, seq: MRISequence) -> Volume:

@@ -62,6 +62,12 @@ class Runtime:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def release_cached_memory(self) -> None:
+        """Hand the allocator's cached blocks back to the GPU (before retrying a batch that ran out of
+        memory); nothing to do on a CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def describe(self) -> str:
         """For logs, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3), bf16 autocast`` or ``cpu, fp32``."""
         where = str(self.device)

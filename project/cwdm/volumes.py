@@ -324,6 +324,25 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
     return path
 
 
+def probe_writable(folder: Path) -> None:
+    """Check that ``folder`` takes a new file: create, write, sync and delete a hidden temporary one.
+
+    The probe is named like an atomic write in progress (``.cwdm-probe.<random>.part``), so that a
+    process killed in between leaves only what :func:`remove_partial_files` clears.
+
+    Raises:
+        OSError: the folder is read-only, not writable for this user, full, ...
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}probe.", suffix=PARTIAL_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"\0")
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
 def remove_partial_files(folder: Path) -> list[Path]:
     """Delete the temporary files that an interrupted :func:`write_volume_atomic` left in ``folder``.
 
