@@ -53,6 +53,8 @@ FROM build AS assembled
 ARG WEIGHTS
 # WEIGHTS=published: a branch, tag or commit of the published repository (pin a commit).
 ARG WEIGHTS_REVISION=""
+# pip settings again (an ARG is seen only by the stage that declares it)
+ARG WHEELHOUSE=""
 COPY weights/demo /opt/cwdm-build/weights/demo
 RUN --mount=type=secret,id=pipca \
     set -eu; \
