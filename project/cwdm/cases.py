@@ -5,10 +5,10 @@ A case folder ``BraTS-GLI-01666-000`` holds ``BraTS-GLI-01666-000-<seq>.nii.gz``
 of the four sequences. Other entries (a ``-seg`` file, hidden files, notes, sub-folders) are ignored.
 Problems found here are kept on the :class:`Case` and raised as :class:`cwdm.CaseError` when its target
 is asked for, so that one bad folder never stops the discovery of the others. Problems (README, "Bad
-inputs"): a sequence file of another case (its prefix differs from the folder name), two files for one
-sequence, a sequence name that is not a regular file (a directory, a FIFO, a broken or looping symbolic
-link), a case folder that cannot be listed, and a symbolic link in the data folder whose target is gone
-(typically a link to a folder outside a mounted data folder).
+inputs and faults"): a sequence file of another case (its prefix differs from the folder name), two
+files for one sequence, a sequence name that is not a regular file (a directory, a FIFO, a broken or
+looping symbolic link), a case folder that cannot be listed, and a symbolic link in the data folder
+whose target is gone (typically a link to a folder outside a mounted data folder).
 
 Symbolic links are followed: a case folder or a sequence file may be a link to one elsewhere.
 """

@@ -8,12 +8,13 @@ sees the published 224 x 224 x 160 layout: 8 voxels cropped from each side of th
 axis zero-padded after index 154. Other grids are zero-padded after each axis to the next size the
 network accepts, so nothing is cropped from them (see README, "Running inference").
 
-What :func:`read_volume` accepts (README, "Bad inputs"): NIfTI-1 or NIfTI-2, gzipped or not, any real
-data type (integers, floats) with the header's scl_slope/scl_inter applied, 3D or 4D/5D with trailing
-axes of length 1. It refuses, with a :class:`VolumeError` saying why: anything that is not a regular
-file (a directory, a FIFO that would block a reader forever, a device), a corrupt, truncated or
-non-NIfTI file, complex or RGB data, more than :data:`MAX_VOXELS` voxels (checked on the header, before
-any data is read), an empty grid, more than three non-trivial axes, and NaN or infinite voxels.
+What :func:`read_volume` accepts (README, "Bad inputs and faults"): NIfTI-1 or NIfTI-2, gzipped or
+not, any real data type (integers, floats) with the header's scl_slope/scl_inter applied, 3D or 4D/5D
+with trailing axes of length 1. It refuses, with a :class:`VolumeError` saying why: anything that is
+not a regular file (a directory, a FIFO that would block a reader forever, a device), a corrupt,
+truncated or non-NIfTI file, complex or RGB data, more than :data:`MAX_VOXELS` voxels (checked on the
+header, before any data is read), an empty grid, more than three non-trivial axes, and NaN or infinite
+voxels.
 """
 
 from __future__ import annotations

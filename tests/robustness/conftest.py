@@ -257,7 +257,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def clean_outputs(pristine: Path, weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def clean_outputs(
+    pristine: Path, weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, bytes]:
     """The outputs of a clean run of the good cases alone, by file name."""
     out = tmp_path_factory.mktemp("robust-clean") / "out"
     run = run_infer(pristine, out, weights)

@@ -318,7 +318,12 @@ FAILURES: dict[str, tuple[Maker, str, str | None, tuple[str, ...]]] = {
         ("BraTS-GLI-00900-000-t1c.nii.gz", "expected a 3D volume, got a 4D one of shape 38x32x42x2"),
     ),
     "2D volume": (two_d, "failed", "VolumeReadError", ("BraTS-GLI-00900-000-t1c.nii.gz", "got a 2D one")),
-    "empty grid": (zero_size, "failed", "VolumeReadError", ("BraTS-GLI-00900-000-t1c.nii.gz", "has no voxels")),
+    "empty grid": (
+        zero_size,
+        "failed",
+        "VolumeReadError",
+        ("BraTS-GLI-00900-000-t1c.nii.gz", "has no voxels"),
+    ),
     "oversized header": (
         huge_header,
         "failed",
@@ -543,7 +548,10 @@ def test_constant_volume_is_synthesised_with_a_warning(
 
     run = run_infer(data, tmp_path / "out", weights)
     assert run.code == 0, run.stderr
-    words = [f"the {seq} volume BraTS-GLI-00900-000-{seq}.nii.gz is constant", "enters the network as all zeros"]
+    words = [
+        f"the {seq} volume BraTS-GLI-00900-000-{seq}.nii.gz is constant",
+        "enters the network as all zeros",
+    ]
     if first:
         words.append("the output is all zeros")
     assert_reported(run, BAD, "written", *words)

@@ -127,7 +127,9 @@ def _tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
-def test_a_read_only_output_file_system_stops_before_any_case(data: Path, tmp_path: Path, weights: Path) -> None:
+def test_a_read_only_output_file_system_stops_before_any_case(
+    data: Path, tmp_path: Path, weights: Path
+) -> None:
     with _tmpfs(tmp_path / "ro", "ro,size=1m") as out:
         run = run_infer(data, out, weights)
         assert run.code == 2
@@ -152,7 +154,11 @@ def _fail_fsync_of(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
 
 
 def test_disk_full_while_writing_fails_that_case_and_leaves_no_partial_file(
-    data: Path, tmp_path: Path, weights: Path, clean_outputs: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+    data: Path,
+    tmp_path: Path,
+    weights: Path,
+    clean_outputs: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     hits = _fail_fsync_of(monkeypatch, OUT_OF["BraTS-MEN-00102-000"])
     run = run_infer(data, tmp_path / "out", weights)
@@ -257,7 +263,12 @@ def test_a_folder_in_place_of_an_output_fails_that_case_only(
     run = run_infer(data, out, weights)
     assert run.code == 1
     assert_reported(
-        run, "BraTS-GLI-00101-000", "failed", "cannot write the output", "Is a directory", error_type="CaseError"
+        run,
+        "BraTS-GLI-00101-000",
+        "failed",
+        "cannot write the output",
+        "Is a directory",
+        error_type="CaseError",
     )
     assert_good_cases_identical(run, clean_outputs, ["BraTS-MEN-00102-000", "BraTS-PED-00103-000"])
     assert (out / OUT_OF["BraTS-GLI-00101-000"] / "inner").is_dir()  # left alone
