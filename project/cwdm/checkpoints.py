@@ -91,7 +91,7 @@ def write_state_dict(state_dict: StateDict, path: Path | str) -> Path:
         path: Destination; ``.safetensors``, ``.pt`` or ``.pth``.
 
     Returns:
-        ``path``.
+        ``path``, readable by every user (mode 0644), as a container run under another uid needs.
     """
     path = Path(path)
     if path.suffix not in CHECKPOINT_SUFFIXES:
@@ -108,6 +108,7 @@ def write_state_dict(state_dict: StateDict, path: Path | str) -> Path:
             save_file(tensors, str(tmp))
         else:
             torch.save(tensors, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the weights from the container's other users
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -131,7 +131,8 @@ def read_volume(path: Path) -> Volume:
 
 
 def _require_regular_file(path: Path) -> None:
-    """Refuse what is not a regular file before opening it (a FIFO would block the reader forever)."""
+    """Refuse what is not a regular, readable file before nibabel opens it (a FIFO would block the
+    reader forever; an unreadable file would be reported without its reason)."""
     try:
         mode = path.stat().st_mode  # follows symbolic links: their target is what gets read
     except OSError as exc:
@@ -142,6 +143,11 @@ def _require_regular_file(path: Path) -> None:
         raise VolumeError(f"cannot access the file ({exc.strerror or exc})") from exc
     if not stat.S_ISREG(mode):
         raise VolumeError(f"{describe_file_type(mode)}, not a regular file")
+    try:  # nibabel reports an unreadable file as "Could not read file": say why
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise VolumeError(f"cannot open the file ({exc.strerror or exc})") from exc
 
 
 def describe_file_type(mode: int) -> str:
