@@ -14,7 +14,9 @@ from .errors import (
     CheckpointError,
     ConfigError,
     CwdmError,
+    DeviceMemoryError,
     GeometryError,
+    Interrupted,
     ShapeError,
     VolumeReadError,
 )
@@ -23,6 +25,7 @@ from .runtime import Runtime, resolve_runtime
 from .sampling import sample
 from .schedule import NoiseSchedule
 from .sequences import CANONICAL_ORDER, MRISequence, condition_order
+from .signals import stop_on_signals
 from .wavelets import build_condition, clip_coeffs, decode, dwt3d, encode, idwt3d
 
 __version__ = "0.1.0"
@@ -37,7 +40,9 @@ __all__ = [
     "CwdmError",
     "Denoiser",
     "DenoiserConfig",
+    "DeviceMemoryError",
     "GeometryError",
+    "Interrupted",
     "MRISequence",
     "NoiseSchedule",
     "RunParameters",
@@ -60,6 +65,7 @@ __all__ = [
     "read_state_dict",
     "resolve_runtime",
     "sample",
+    "stop_on_signals",
     "write_report",
     "write_state_dict",
 ]

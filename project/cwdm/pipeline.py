@@ -11,7 +11,11 @@ output folder. Cases with the same target are sampled together, ``batch_size`` a
 Isolation: a :class:`cwdm.CaseError` (bad files, grids that differ, no model for the target) fails its
 case only; an unexpected exception is caught at one boundary (:meth:`Synthesizer._isolate`), logged with
 its traceback, and fails the cases it concerns; the run goes on. Errors in the configuration or the
-weights directory stop the run before any case (:class:`cwdm.ConfigError`, :class:`cwdm.CheckpointError`).
+weights directory stop the run before any case (:class:`cwdm.ConfigError`, :class:`cwdm.CheckpointError`),
+as does an output folder that overlaps the inputs or is not writable. A batch that runs out of device
+memory is sampled again at half the size, down to one case (:class:`cwdm.errors.DeviceMemoryError`
+then). A stop requested by a signal (:mod:`cwdm.signals`) or Ctrl-C ends the run with
+:class:`cwdm.errors.Interrupted`, which carries the report so far (README, "Bad inputs and faults").
 
 Outputs that are already complete are skipped, so a rerun resumes. The output folder receives
 predictions only; the run report (:class:`RunReport`, JSON) is written elsewhere by the caller.
