@@ -296,7 +296,7 @@ def test_real_torch_compile_on_cpu_matches_eager(tiny_denoiser: Denoiser) -> Non
     expected = _eager_fp32(tiny_denoiser, x, t)
     fast = prepare_denoiser(tiny_denoiser, CPU_FP32, FastPathOptions(compile=True))
     torch.testing.assert_close(fast(x, t), expected, rtol=1e-4, atol=1e-4)
-    assert fast._compiled is not None  # it did compile (no fallback)
+    assert fast.compiled  # it did compile (no fallback)
 
 
 # -- CUDA graphs: the caching, checking and fallback logic, emulated on the CPU --------------------------
@@ -429,4 +429,4 @@ def test_gpu_fast_path_is_close_to_fp32(graphs: bool) -> None:  # pragma: no cov
     assert got.dtype == torch.float32
     assert float((got - expected).norm() / expected.norm()) < 3e-2
     if graphs:
-        assert any(step is not None for step in fast._graphs.values())
+        assert fast.captured_graphs == 1

@@ -25,7 +25,7 @@ import cwdm.pipeline as pipeline
 from cwdm.cases import discover_cases
 from cwdm.config import RunParameters
 from cwdm.pipeline import CaseResult, Synthesizer
-from cwdm.runtime import Runtime
+from cwdm.runtime import Runtime, worker_devices
 from cwdm.schedule import NoiseSchedule
 from cwdm.sequences import MRISequence
 from cwdm.throughput import BackgroundWriter, OrderedRecorder, Throughput, prefetched
@@ -348,6 +348,17 @@ def test_default_throughput_is_sequential_on_a_cpu() -> None:
     assert gpu.background_io and not gpu.sharded and gpu.max_pending_writes == 8
     two = Throughput.for_devices([torch.device("cuda", 0), torch.device("cuda", 1)])
     assert two.sharded and two.background_io
+    assert two.describe() == "one worker process per device (cuda:0, cuda:1)"
+    assert gpu.describe() == "read and written on background threads"
+    assert Throughput.for_devices([CPU]).describe() == "sequential"
+
+
+def test_every_visible_gpu_gets_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert worker_devices(torch.device("cuda", 0)) == tuple(torch.device("cuda", i) for i in range(3))
+    assert worker_devices(CPU) == (CPU,)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_devices(torch.device("cuda", 0)) == (torch.device("cuda", 0),)
 
 
 # -- worker processes (two CPU workers standing in for two GPUs) ------------------------------------------

@@ -20,12 +20,14 @@ from .errors import (
     ShapeError,
     VolumeReadError,
 )
+from .fastpath import FastPathOptions, prepare_denoiser
 from .pipeline import CaseResult, RunReport, Synthesizer, needed_targets, write_report
 from .runtime import Runtime, resolve_runtime
 from .sampling import sample
 from .schedule import NoiseSchedule
 from .sequences import CANONICAL_ORDER, MRISequence, condition_order
 from .signals import stop_on_signals
+from .throughput import Throughput
 from .wavelets import build_condition, clip_coeffs, decode, dwt3d, encode, idwt3d
 
 __version__ = "0.1.0"
@@ -41,6 +43,7 @@ __all__ = [
     "Denoiser",
     "DenoiserConfig",
     "DeviceMemoryError",
+    "FastPathOptions",
     "GeometryError",
     "Interrupted",
     "MRISequence",
@@ -50,6 +53,7 @@ __all__ = [
     "Runtime",
     "ShapeError",
     "Synthesizer",
+    "Throughput",
     "VolumeReadError",
     "build_condition",
     "clip_coeffs",
@@ -62,6 +66,7 @@ __all__ = [
     "load_denoiser",
     "load_run_parameters",
     "needed_targets",
+    "prepare_denoiser",
     "read_state_dict",
     "resolve_runtime",
     "sample",

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 #: torch.compile modes that capture CUDA graphs themselves (our own capture is then skipped).
 _COMPILE_MODES_WITH_GRAPHS = frozenset({"reduce-overhead", "max-autotune"})
 
-#: Channels-last 3D on a CPU: measured slower than the contiguous layout on the reference CPU
-#: (docs/PERFORMANCE.md), so the CPU fast path keeps the contiguous layout.
+#: Channels-last 3D on a CPU: not measured consistently faster than the contiguous layout on the
+#: reference CPU (docs/PERFORMANCE.md: 1.05 and 0.96 of the time in two runs, within the noise), so
+#: the CPU fast path keeps the contiguous layout.
 CPU_CHANNELS_LAST = False
 
 #: Environment variables of the caches written during compilation or kernel loading, and the folder
@@ -229,6 +230,16 @@ class FastDenoiser:
         self._graph_pool: object | None = None
         self._use_graphs = options.cuda_graphs and runtime.device.type == "cuda"
 
+    @property
+    def compiled(self) -> bool:
+        """Whether calls go through ``torch.compile`` (false after a fallback to eager)."""
+        return self._compiled is not None
+
+    @property
+    def captured_graphs(self) -> int:
+        """How many input shapes run as a captured CUDA graph."""
+        return sum(step is not None for step in self._graphs.values())
+
     # -- the call ------------------------------------------------------------------------------
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         """Predict x0.
@@ -244,11 +255,6 @@ class FastDenoiser:
             if self._use_graphs:
                 return self._graphed(x, t)
             return _as_sampler_state(self._run(x, t))
-
-    def eager(self, x: Tensor, t: Tensor) -> Tensor:
-        """The same computation without ``torch.compile`` or CUDA graphs (the fallback and the oracle)."""
-        with torch.inference_mode():
-            return _as_sampler_state(self._forward(self.module, x, t))
 
     def _autocast(self) -> AbstractContextManager[object]:
         dtype = self.runtime.autocast_dtype

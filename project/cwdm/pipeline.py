@@ -431,6 +431,7 @@ class Synthesizer:
         )
         throughput = throughput or Throughput.for_devices(worker_devices(runtime.device), settings.batch_size)
         load_device = torch.device("cpu") if throughput.sharded else runtime.device
+        log.info("network: %s; cases: %s", fast_path.describe(), throughput.describe())
         wanted = CANONICAL_ORDER if targets is None else tuple(MRISequence(t) for t in targets)
         models: dict[MRISequence, Denoiser] = {}
         unavailable: dict[MRISequence, str] = {}

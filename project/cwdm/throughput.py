@@ -64,6 +64,12 @@ class Throughput:
         """Whether cases are shared out over worker processes."""
         return len(self.devices) > 1
 
+    def describe(self) -> str:
+        """For logs, e.g. ``one worker process per device (cuda:0, cuda:1)`` or ``sequential``."""
+        if self.sharded:
+            return f"one worker process per device ({', '.join(map(str, self.devices))})"
+        return "read and written on background threads" if self.background_io else "sequential"
+
     @classmethod
     def for_devices(cls, devices: Sequence[torch.device], batch_size: int = 1) -> Throughput:
         """The default: background I/O when the work runs on a GPU, one worker per device if several.
