@@ -1,0 +1,68 @@
+"""benchmarks/run.py stays runnable: its CPU part at a tiny size, and the counted FLOPs of the published
+U-Net against REFERENCE.md section 4 (about 7.2 TFLOP for one full-resolution forward)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("cwdm_benchmark", REPO / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_part_runs_and_reports_ratios(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "results.json"
+    args = ["--cpu-only", "--cpu-size", "16,16,16", "--cpu-width", "8", "--cpu-reps", "2", "--json", str(out)]
+    assert bench.main(args) == 0
+    results = json.loads(out.read_text())
+    assert "gpu" not in results  # --cpu-only, and nothing is reported that did not run
+    cpu = results["cpu"]
+    assert cpu["input_shape"] == [1, 32, 16, 16, 16] and cpu["repetitions"] == 2
+    assert set(cpu["results"]) == {"baseline", "ours", "channels_last"}
+    assert cpu["results"]["baseline"]["median_ratio_wall"] == 1.0
+    assert cpu["results"]["ours"]["max_abs_diff_vs_baseline"] == 0.0  # the CPU fast path is plain fp32
+    assert all(len(times) == 2 for times in cpu["raw_wall_s"].values())
+    text = capsys.readouterr().out
+    assert "| ours |" in text and "load average" in text and "torch 2." in text
+
+
+def test_counted_flops_of_the_published_network_match_the_reference(bench) -> None:  # type: ignore[no-untyped-def]
+    flops = bench.count_flops(bench.DenoiserConfig(), bench.FULL_SHAPE)
+    assert abs(flops / 7.2e12 - 1) < 0.01
+
+
+def test_flop_count_matches_the_textbook_count_of_every_layer(bench) -> None:  # type: ignore[no-untyped-def]
+    """Oracle: 2 x C_in x C_out x kernel volume per output voxel for each convolution, 2 x in x out per
+    row for each linear layer, summed over the layers a real forward visits (shapes from hooks)."""
+    config = bench.DenoiserConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8)
+    shape = (2, 32, 8, 8, 8)
+    model = bench.Denoiser(config).eval()
+    textbook = 0
+
+    def hook(module, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        nonlocal textbook
+        if isinstance(module, torch.nn.Conv3d):
+            kernel = module.in_channels // module.groups * math.prod(module.kernel_size)
+            textbook += 2 * kernel * output.numel()
+        else:
+            textbook += 2 * module.in_features * output.numel()
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(shape), torch.zeros(2, dtype=torch.long))
+    assert textbook > 0 and bench.count_flops(config, shape) == textbook
