@@ -8,7 +8,8 @@ Always (any machine):
     (the order rotates every repetition), as median ratios of wall time and of process CPU time; plus
     the channels-last layout that the CPU fast path leaves off, and optionally torch.compile.
 
-With a CUDA GPU (skipped otherwise), published configuration at full resolution, batch 1:
+With a CUDA GPU (skipped otherwise; ``--dry-run-cpu`` runs this code on the CPU with a tiny model to
+check the script, reported as a dry run), published configuration at full resolution, batch 1:
   * time per denoiser step (CUDA events, median) and peak GPU memory for: fp32 eager without TF32
     (the numerical reference), fp32 eager with PyTorch's default TF32 convolutions, bf16 autocast
     eager (``fast_path: false``), the fast path (default), without channels-last, with CUDA graphs,
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import functools
 import gc
 import json
 import math
@@ -269,14 +271,68 @@ def _quartiles(values: list[float]) -> list[float]:
 # -- GPU ---------------------------------------------------------------------------------------------------
 
 
-def gpu_benchmark(args: argparse.Namespace, flops: int) -> dict[str, Any]:
-    """Step time, memory, TFLOP/s, errors and end-to-end time of the published configuration on a GPU."""
-    device = torch.device("cuda", torch.cuda.current_device())
-    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    peak = args.peak_tflops or _datasheet_peak(torch.cuda.get_device_name(device))
-    base, spec = _gpu_model(args)
+class Accelerator:
+    """The CUDA calls of the GPU part (timing with CUDA events, peak memory, cache release); on a CPU
+    (``--dry-run-cpu``) wall-clock timing and no memory figures, to check the script without a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.cuda else str(self.device)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gib(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None
+
+    def reserved_gib(self) -> float | None:
+        return torch.cuda.max_memory_reserved(self.device) / 2**30 if self.cuda else None
+
+    def time_s(self, call: Callable[[], object]) -> float:
+        """Seconds one ``call()`` takes on the device (CUDA events around it on a GPU)."""
+        if not self.cuda:
+            start = time.perf_counter()
+            call()
+            return time.perf_counter() - start
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        call()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3
+
+
+#: The GPU part's network and input in a dry run on the CPU: a tiny model, a small input.
+DRY_RUN_CONFIG = DenoiserConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8)
+DRY_RUN_SHAPE = (1, 32, 16, 16, 16)
+
+
+def gpu_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Step time, memory, TFLOP/s, errors and end-to-end time of the published configuration on a GPU.
+
+    On a CPU device (``--dry-run-cpu``) the same code runs a tiny model, to check the script.
+    """
+    acc = Accelerator(device)
+    config, shape = (DenoiserConfig(), FULL_SHAPE) if acc.cuda else (DRY_RUN_CONFIG, DRY_RUN_SHAPE)
+    flops = count_flops(config, shape)
+    precision = "bf16" if not acc.cuda or torch.cuda.is_bf16_supported() else "fp16"
+    peak = args.peak_tflops or (_datasheet_peak(acc.name()) if acc.cuda else None)
+    base, spec = _gpu_model(args, config)
     generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(FULL_SHAPE, generator=generator, device=device)
+    x = torch.randn(shape, generator=generator, device=device)
     t = torch.tensor([500], device=device)
     fp32, fast = Runtime(device, "fp32"), Runtime(device, precision)
 
@@ -312,7 +368,7 @@ def gpu_benchmark(args: argparse.Namespace, flops: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     reference: Tensor | None = None
     for name, runtime, options, ieee in variants:
-        row, out = _time_variant(base, runtime, options, x, t, args.gpu_steps, ieee)
+        row, out = _time_variant(acc, base, runtime, options, x, t, args.gpu_steps, ieee)
         if reference is None:
             reference = out
         row |= {
@@ -323,24 +379,25 @@ def gpu_benchmark(args: argparse.Namespace, flops: int) -> dict[str, Any]:
         row["fraction_of_peak"] = row["tflops"] / peak if peak else None
         rows.append(row)
         del out
-        _free()
+        acc.free()
 
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device),
+        "device": acc.name(),
+        "dry_run": not acc.cuda,
         "precision": precision,
         "peak_tflops": peak,
         "peak_source": "--peak-tflops" if args.peak_tflops else "datasheet table in benchmarks/run.py",
         "weights": spec,
-        "input_shape": list(FULL_SHAPE),
+        "input_shape": list(shape),
         "flops_per_step": flops,
         "steps_timed": args.gpu_steps,
         "variants": rows,
     }
-    result["sample_psnr"] = _sample_psnr(base, device, fp32, fast, args)
+    result["sample_psnr"] = _sample_psnr(acc, base, fp32, fast, args)
     if not args.skip_case:
         result["end_to_end"] = [
-            _end_to_end(base, args, cuda_graphs=False),
-            _end_to_end(base, args, cuda_graphs=True),
+            _end_to_end(acc, base, args, cuda_graphs=False),
+            _end_to_end(acc, base, args, cuda_graphs=True),
         ]
     return result
 
@@ -352,20 +409,16 @@ def _datasheet_peak(name: str) -> float | None:
     return None
 
 
-def _gpu_model(args: argparse.Namespace) -> tuple[Denoiser, str]:
+def _gpu_model(args: argparse.Namespace, config: DenoiserConfig) -> tuple[Denoiser, str]:
     if args.weights is None:
-        return random_denoiser(DenoiserConfig()), "random (PyTorch default initialisation)"
+        return random_denoiser(config), "random (PyTorch default initialisation)"
     weights = WeightsDir.open(args.weights)
     path = weights.checkpoint(args.target)
     return cwdm.load_denoiser(path, weights.spec.denoiser_config()), str(path)
 
 
-def _free() -> None:
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def _time_variant(
+    acc: Accelerator,
     base: Denoiser,
     runtime: Runtime,
     options: FastPathOptions,
@@ -374,46 +427,42 @@ def _time_variant(
     steps: int,
     ieee: bool,
 ) -> tuple[dict[str, Any], Tensor]:
-    _free()
-    torch.cuda.reset_peak_memory_stats(runtime.device)
+    acc.free()
+    acc.reset_peak()
     model = copy.deepcopy(base).to(runtime.device)
     fast = prepare_denoiser(model, runtime, options)
     precision = ieee_fp32() if ieee else contextlib.nullcontext()
     with precision:
         start = time.perf_counter()
         out = fast(x, t)  # compiles / autotunes / captures
-        torch.cuda.synchronize()
+        acc.sync()
         first_s = time.perf_counter() - start
+        step = functools.partial(fast, x, t)
         for _ in range(3):
-            fast(x, t)
-        times = []
-        for _ in range(steps):
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fast(x, t)
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-        out = fast(x, t)
+            step()
+        times = [acc.time_s(step) for _ in range(steps)]
+        out = step()
     row = {
         "median_step_s": statistics.median(times),
         "min_step_s": min(times),
         "first_call_s": first_s,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(runtime.device) / 2**30,
-        "peak_reserved_gib": torch.cuda.max_memory_reserved(runtime.device) / 2**30,
+        "peak_memory_gib": acc.peak_gib(),
+        "peak_reserved_gib": acc.reserved_gib(),
         "cuda_graphs_used": fast.captured_graphs > 0,
         "compiled": fast.compiled,
     }
     out = out.clone()
-    del fast, model
+    del fast, model, step
     return row, out
 
 
 def _sample_psnr(
-    base: Denoiser, device: torch.device, fp32: Runtime, fast: Runtime, args: argparse.Namespace
+    acc: Accelerator, base: Denoiser, fp32: Runtime, fast: Runtime, args: argparse.Namespace
 ) -> dict[str, Any]:
     """PSNR between the fp32 (IEEE) and fast-path samples of ``args.psnr_steps`` DDPM steps, same seed."""
-    cond = (example_condition(EXAMPLE_CASE) if EXAMPLE_CASE.is_dir() else _synthetic_condition()).to(device)
+    device = acc.device
+    real = acc.cuda and EXAMPLE_CASE.is_dir()
+    cond = (example_condition(EXAMPLE_CASE) if real else _synthetic_condition(acc.cuda)).to(device)
     images = {}
     for name, runtime, options in [
         ("fp32", fp32, FastPathOptions(enabled=False)),
@@ -426,28 +475,31 @@ def _sample_psnr(
         with ieee_fp32() if name == "fp32" else contextlib.nullcontext(), torch.inference_mode():
             coeffs = cwdm.sample(network, cond, steps=args.psnr_steps, generator=generator, sampler="ddpm")
             images[name] = cwdm.decode(coeffs).clamp(0, 1).cpu()
-        torch.cuda.synchronize()
+        acc.sync()
         images[f"{name}_s"] = time.perf_counter() - start
         del network, model
-        _free()
+        acc.free()
     return {
         "steps": args.psnr_steps,
         "sampler": "ddpm",
-        "condition": str(EXAMPLE_CASE.relative_to(REPO)) if EXAMPLE_CASE.is_dir() else "synthetic",
+        "condition": str(EXAMPLE_CASE.relative_to(REPO)) if real else "synthetic",
         "psnr_db": psnr(images["fast"], images["fp32"]),
         "fp32_s": images["fp32_s"],
         "fast_s": images["fast_s"],
     }
 
 
-def _synthetic_condition() -> Tensor:
+def _synthetic_condition(full_size: bool) -> Tensor:
+    """Smooth random volumes in [0, 1] (224 x 224 x 160, or 32^3 for a dry run) as a condition."""
     generator = torch.Generator().manual_seed(2)
-    volumes = torch.rand(1, 3, 28, 28, 20, generator=generator)
-    volumes = torch.nn.functional.interpolate(volumes, size=(224, 224, 160), mode="trilinear")
-    return cwdm.build_condition(volumes)
+    volumes = torch.rand(1, 3, 7, 7, 5, generator=generator)
+    size = (224, 224, 160) if full_size else (32, 32, 32)
+    return cwdm.build_condition(torch.nn.functional.interpolate(volumes, size=size, mode="trilinear"))
 
 
-def _end_to_end(base: Denoiser, args: argparse.Namespace, cuda_graphs: bool) -> dict[str, Any]:
+def _end_to_end(
+    acc: Accelerator, base: Denoiser, args: argparse.Namespace, cuda_graphs: bool
+) -> dict[str, Any]:
     """``Synthesizer.run`` on one example case: read, preprocess, sample, post-process, write."""
     case_id = EXAMPLE_CASE.name
     with tempfile.TemporaryDirectory(prefix="cwdm-bench-") as tmp:
@@ -468,9 +520,11 @@ def _end_to_end(base: Denoiser, args: argparse.Namespace, cuda_graphs: bool) -> 
         )
         (weights / "model.yaml").write_text(spec.to_yaml())
         cwdm.write_state_dict(base.state_dict(), weights / f"{target}.safetensors")
-        params = RunParameters(sampling_steps=args.case_steps, sampler="ddpm", cuda_graphs=cuda_graphs)
-        _free()
-        torch.cuda.reset_peak_memory_stats()
+        params = RunParameters(
+            sampling_steps=args.case_steps, sampler="ddpm", cuda_graphs=cuda_graphs, device=acc.device.type
+        )
+        acc.free()
+        acc.reset_peak()
         start = time.perf_counter()
         synth = cwdm.Synthesizer.from_weights(weights, params, [target])
         loaded_s = time.perf_counter() - start
@@ -486,10 +540,10 @@ def _end_to_end(base: Denoiser, args: argparse.Namespace, cuda_graphs: bool) -> 
             "case_s": result.elapsed_s,
             "run_s": report.elapsed_s,
             "total_s_including_model_load": total_s,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_memory_gib": acc.peak_gib(),
         }
         del synth
-        _free()
+        acc.free()
         return row
 
 
@@ -513,8 +567,10 @@ def render(results: dict[str, Any]) -> str:
     if "gpu" in results:
         g = results["gpu"]
         peak = f"{g['peak_tflops']} TFLOP/s ({g['peak_source']})" if g["peak_tflops"] else "unknown"
+        where = "DRY RUN, tiny model, NOT A MEASUREMENT" if g["dry_run"] else "full resolution"
         lines += [
-            f"### GPU: {g['device']}, full resolution, batch 1, weights {g['weights']}",
+            f"### GPU part: {g['device']}, {where}, {tuple(g['input_shape'])}, batch 1, "
+            f"weights {g['weights']}",
             f"bf16 peak used: {peak}",
             "",
             "| variant | step (ms, median) | TFLOP/s | of peak | peak memory (GiB) | rel. error vs fp32 |",
@@ -523,8 +579,8 @@ def render(results: dict[str, Any]) -> str:
         for row in g["variants"]:
             fraction = f"{row['fraction_of_peak']:.1%}" if row["fraction_of_peak"] else "n/a"
             lines.append(
-                f"| {row['variant']} | {row['median_step_s'] * 1e3:.1f} | {row['tflops']:.0f} | {fraction} | "
-                f"{row['peak_memory_gib']:.2f} | {row['relative_error_vs_fp32']:.2e} |"
+                f"| {row['variant']} | {row['median_step_s'] * 1e3:.1f} | {row['tflops']:.1f} | {fraction} | "
+                f"{_gib(row['peak_memory_gib'])} | {row['relative_error_vs_fp32']:.2e} |"
             )
         s = g["sample_psnr"]
         lines += [
@@ -536,7 +592,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"- end to end, {row['steps']} steps, cuda_graphs {row['cuda_graphs']}: case "
                 f"{row['case_s']:.1f} s (run {row['run_s']:.1f} s, model load {row['model_load_s']:.1f} s), "
-                f"peak memory {row['peak_memory_gib']:.2f} GiB"
+                f"peak memory {_gib(row['peak_memory_gib'])} GiB"
             )
         lines.append("")
     if "cpu" in results:
@@ -562,6 +618,10 @@ def render(results: dict[str, Any]) -> str:
         if c["compile_s"] is not None:
             lines.append(f"\ntorch.compile (CPU) first call: {c['compile_s']:.0f} s")
     return "\n".join(lines) + "\n"
+
+
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -592,6 +652,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=None, help="published-layout weights directory")
     parser.add_argument("--target", default="t1n", help="which model of --weights (default t1n)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dry-run-cpu",
+        action="store_true",
+        help="run the GPU part's code on the CPU with a tiny model (checks the script; not a measurement)",
+    )
     return parser.parse_args(argv)
 
 
@@ -599,8 +664,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     results: dict[str, Any] = {"machine": machine()}
     results["flops_full"] = count_flops(DenoiserConfig(), FULL_SHAPE)
-    if torch.cuda.is_available() and not args.cpu_only:
-        results["gpu"] = gpu_benchmark(args, results["flops_full"])
+    if args.dry_run_cpu:
+        results["gpu"] = gpu_benchmark(args, torch.device("cpu"))
+    elif torch.cuda.is_available() and not args.cpu_only:
+        results["gpu"] = gpu_benchmark(args, torch.device("cuda", torch.cuda.current_device()))
     if not args.gpu_only:
         results["cpu"] = cpu_benchmark(args)
     report = render(results)

@@ -39,6 +39,26 @@ def test_cpu_part_runs_and_reports_ratios(bench, tmp_path: Path, capsys: pytest.
     assert "| ours |" in text and "load average" in text and "torch 2." in text
 
 
+@pytest.mark.parametrize(
+    "case", [pytest.param(False, id="no-case"), pytest.param(True, id="case", marks=pytest.mark.slow)]
+)
+def test_gpu_part_runs_as_a_labelled_dry_run_on_the_cpu(bench, tmp_path: Path, case: bool) -> None:  # type: ignore[no-untyped-def]
+    """The GPU code (variants, errors, PSNR, end-to-end case) without a GPU: a check of the script."""
+    out = tmp_path / "results.json"
+    args = ["--dry-run-cpu", "--gpu-only", "--gpu-steps", "2", "--psnr-steps", "2", "--json", str(out)]
+    args += ["--case-steps", "1"] if case else ["--skip-case"]
+    assert bench.main(args) == 0
+    gpu = json.loads(out.read_text())["gpu"]
+    assert gpu["dry_run"] and gpu["input_shape"] == [1, 32, 16, 16, 16]
+    rows = {row["variant"]: row for row in gpu["variants"]}
+    assert rows["fp32 eager, IEEE (reference)"]["relative_error_vs_fp32"] == 0.0
+    fast = rows["fast path: bf16 + channels-last + cudnn (default)"]
+    assert 0 < fast["relative_error_vs_fp32"] < 0.05  # bf16 autocast on the CPU: rounding, not garbage
+    assert fast["peak_memory_gib"] is None  # no memory figure is made up on a CPU
+    assert gpu["sample_psnr"]["psnr_db"] > 20
+    assert ("end_to_end" in gpu) == case
+
+
 def test_counted_flops_of_the_published_network_match_the_reference(bench) -> None:  # type: ignore[no-untyped-def]
     flops = bench.count_flops(bench.DenoiserConfig(), bench.FULL_SHAPE)
     assert abs(flops / 7.2e12 - 1) < 0.01
