@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():  # type: ignore[no-untyped-def]
+def bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("cwdm_benchmark", REPO / "benchmarks" / "run.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -23,7 +24,9 @@ def bench():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_cpu_part_runs_and_reports_ratios(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_cpu_part_runs_and_reports_ratios(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "results.json"
     args = ["--cpu-only", "--cpu-size", "16,16,16", "--cpu-width", "8", "--cpu-reps", "2", "--json", str(out)]
     assert bench.main(args) == 0
@@ -42,7 +45,9 @@ def test_cpu_part_runs_and_reports_ratios(bench, tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     "case", [pytest.param(False, id="no-case"), pytest.param(True, id="case", marks=pytest.mark.slow)]
 )
-def test_gpu_part_runs_as_a_labelled_dry_run_on_the_cpu(bench, tmp_path: Path, case: bool) -> None:  # type: ignore[no-untyped-def]
+def test_gpu_part_runs_as_a_labelled_dry_run_on_the_cpu(
+    bench: ModuleType, tmp_path: Path, case: bool
+) -> None:
     """The GPU code (variants, errors, PSNR, end-to-end case) without a GPU: a check of the script."""
     out = tmp_path / "results.json"
     args = ["--dry-run-cpu", "--gpu-only", "--gpu-steps", "2", "--psnr-steps", "2", "--json", str(out)]
@@ -59,12 +64,12 @@ def test_gpu_part_runs_as_a_labelled_dry_run_on_the_cpu(bench, tmp_path: Path, c
     assert ("end_to_end" in gpu) == case
 
 
-def test_counted_flops_of_the_published_network_match_the_reference(bench) -> None:  # type: ignore[no-untyped-def]
+def test_counted_flops_of_the_published_network_match_the_reference(bench: ModuleType) -> None:
     flops = bench.count_flops(bench.DenoiserConfig(), bench.FULL_SHAPE)
     assert abs(flops / 7.2e12 - 1) < 0.01
 
 
-def test_flop_count_matches_the_textbook_count_of_every_layer(bench) -> None:  # type: ignore[no-untyped-def]
+def test_flop_count_matches_the_textbook_count_of_every_layer(bench: ModuleType) -> None:
     """Oracle: 2 x C_in x C_out x kernel volume per output voxel for each convolution, 2 x in x out per
     row for each linear layer, summed over the layers a real forward visits (shapes from hooks)."""
     config = bench.DenoiserConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8)
@@ -72,7 +77,7 @@ def test_flop_count_matches_the_textbook_count_of_every_layer(bench) -> None:  #
     model = bench.Denoiser(config).eval()
     textbook = 0
 
-    def hook(module, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    def hook(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
         nonlocal textbook
         if isinstance(module, torch.nn.Conv3d):
             kernel = module.in_channels // module.groups * math.prod(module.kernel_size)

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -243,7 +244,7 @@ def test_reads_and_writes_happen_on_the_background_threads(
 class _WaitFor(CopyCondition):
     """Blocks its first forward of each batch until ``condition()`` holds (or fails after WAIT_S)."""
 
-    def __init__(self, conditions: dict[int, object], wait_s: float = WAIT_S) -> None:
+    def __init__(self, conditions: dict[int, Callable[[], bool]], wait_s: float = WAIT_S) -> None:
         super().__init__(0)
         self.conditions = conditions
         self.wait_s = wait_s
@@ -255,7 +256,7 @@ class _WaitFor(CopyCondition):
             self.batches += 1
             condition = self.conditions.get(self.batches)
             deadline = time.monotonic() + self.wait_s
-            while condition is not None and not condition():  # type: ignore[operator]
+            while condition is not None and not condition():
                 if time.monotonic() > deadline:
                     self.timed_out.append(self.batches)
                     break
