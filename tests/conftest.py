@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +15,7 @@ import torch
 from cwdm.checkpoints import write_state_dict
 from cwdm.config import ModelSpec
 from cwdm.denoiser import Denoiser, DenoiserConfig
+from cwdm.fastpath import CACHE_VARIABLES
 from cwdm.sequences import CANONICAL_ORDER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,3 +141,22 @@ def tree_checksums(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _compiler_caches_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Synthesizer.from_weights points unset compiler caches at temporary folders (cwdm.fastpath);
+    during the tests those go under pytest's temporary folder, and the environment is restored after.
+    (The general caches under $HOME are left alone while $HOME is writable, as in these tests.)"""
+    names = list(CACHE_VARIABLES)
+    saved = {name: os.environ.get(name) for name in names}
+    root = tmp_path_factory.mktemp("caches")
+    for name in names:
+        if not saved[name]:
+            os.environ[name] = str(root / name.lower())
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
