@@ -272,8 +272,9 @@ def test_mlcube_run_infer(image: BuiltImage, docker_cli, tmp_path: Path) -> None
         path.chmod(0o644)  # as a checkout gives them; a freshly exported checkpoint is owner-only
     out_dir = _writable_by_user(paths["output_path"])
 
-    # --rm: mlcube's runner leaves the stopped container behind otherwise.
-    cpu_args = " ".join(filter(None, [spec["docker"].get("cpu_args", ""), f"--rm -u {USER[0]}:{USER[1]}"]))
+    # mlcube.yaml's cpu_args carry --rm (mlcube's runner leaves the stopped container behind otherwise).
+    assert "--rm" in spec["docker"]["cpu_args"].split()
+    cpu_args = " ".join(filter(None, [spec["docker"]["cpu_args"], f"-u {USER[0]}:{USER[1]}"]))
     command = [
         mlcube, "--log-level=info", "run", f"--mlcube={REPO / 'mlcube'}", "--task=infer", "--platform=docker",
         f"--workspace={workspace}", "--network=none",

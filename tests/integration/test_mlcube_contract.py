@@ -143,6 +143,7 @@ def test_mlcube_yaml_docker_runner_arguments_drive_the_entry_point(
 
     assert image == "cwdm-brasyn:0.1.0"
     assert "--gpus=all" in options  # platform.accelerator_count 1 -> gpu_args
+    assert "--rm" in options  # the runner would otherwise leave every stopped container behind
     assert task[0] == "infer"
     names = [arg.split("=", 1)[0] for arg in task[1:]]
     assert names == ["--data_path", "--parameters_file", "--weights", "--output_path"]
