@@ -17,7 +17,7 @@ from cwdm.cli import app
 from cwdm.config import ModelSpec
 from cwdm.errors import VolumeReadError
 from cwdm.sequences import MRISequence, condition_order
-from cwdm.training import Trainer, TrainingCases, TrainingConfig, training_batch
+from cwdm.training import Trainer, TrainingCases, TrainingConfig, ema_decay, training_batch
 from cwdm.weights import WeightsDir
 
 from .conftest import smooth_blobs
@@ -187,13 +187,35 @@ def test_reading_cases_in_the_background_changes_nothing(train_dir, tmp_path, ca
     assert streamed._pool is None and not streamed._prefetched  # background readers stopped
 
 
-def test_ema_follows_its_recurrence(train_dir, tmp_path):
+def test_ema_follows_its_recurrence_with_warm_up(train_dir, tmp_path):
+    # The decay of update n is min(rate, (1 + n) / (10 + n)): 0.1, then 2/11, ... capped at the rate.
     run = trainer(train_dir, tmp_path / "out", ema_rate=0.9)
-    start = [p.detach().clone() for p in run.model.parameters()]
-    run.train_step()
-    for ema, p0, p1 in zip(run.ema.parameters(), start, run.model.parameters(), strict=True):
-        torch.testing.assert_close(ema, 0.9 * p0 + 0.1 * p1.detach(), atol=1e-7, rtol=1e-6)
-    assert any(not torch.equal(p0, p1) for p0, p1 in zip(start, run.model.parameters(), strict=True))
+    expected = [p.detach().clone() for p in run.model.parameters()]
+    for n in range(2):
+        run.train_step()
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = [
+            decay * e + (1 - decay) * p.detach()
+            for e, p in zip(expected, run.model.parameters(), strict=True)
+        ]
+    for ema, e in zip(run.ema.parameters(), expected, strict=True):
+        torch.testing.assert_close(ema, e, atol=1e-7, rtol=1e-6)
+    assert [ema_decay(0.999, n) for n in (0, 90, 10_000)] == [0.1, 0.91, 0.999]
+
+
+def test_init_weights_start_a_run_from_exported_weights(train_dir, tmp_path):
+    first = trainer(train_dir, tmp_path / "first", iterations=2)
+    first.run()
+    exported = first.weights_dir / "t2f.safetensors"
+    second = trainer(train_dir, tmp_path / "second", crop_size=None)
+    second.load_weights(exported)
+    for key, value in second.model.state_dict().items():
+        assert torch.equal(value, first.model.state_dict()[key]), key
+    assert second.step == 0 and not second.optimizer.state  # a fresh optimiser
+    with pytest.raises(CheckpointError, match="does not match"):
+        trainer(
+            train_dir, tmp_path / "third", spec=ModelSpec(**{**TINY_SPEC.model_dump(), "model_channels": 16})
+        ).load_weights(exported)
 
 
 # -- checkpoints ------------------------------------------------------------------------------------

@@ -224,6 +224,13 @@ def train(
             "the others are read, in the background, whenever drawn."
         ),
     ] = 16.0,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start a new run from these weights (same architecture), e.g. to fine-tune crop-trained "
+            "weights on whole volumes; ignored when resuming from a checkpoint."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train one target's denoiser; multi-GPU with ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
@@ -263,6 +270,9 @@ def train(
         if resume and (latest := trainer.latest_checkpoint()) is not None:
             trainer.load_checkpoint(latest)
             log.info("resumed from %s at step %d", latest, trainer.step)
+        elif init_weights is not None:
+            trainer.load_weights(init_weights)
+            log.info("starting from the weights in %s", init_weights)
         log.info("training %s on %d cases, %s", config.target, len(data_set), trainer.device)
 
         def report(r: StepReport) -> None:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .cases import Case, discover_cases
-from .checkpoints import write_state_dict
+from .checkpoints import check_state_dict, read_state_dict, write_state_dict
 from .config import ModelSpec
 from .denoiser import Denoiser
 from .errors import CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
@@ -232,6 +232,16 @@ def training_batch(
     return torch.cat([x_t, cond], dim=1), schedule.timesteps[t_index], x0
 
 
+def ema_decay(rate: float, updates_done: int) -> float:
+    """The EMA decay of the next update: ``min(rate, (1 + n) / (10 + n))`` after ``n`` updates.
+
+    Without this warm-up an average that starts at the initial weights keeps ``rate ** n`` of them
+    after ``n`` steps: 61 % after 500 steps at rate 0.999, and the initial output convolution is zero,
+    so a short run's averaged model predicted intensities far too dark (measured on the demo runs).
+    """
+    return min(rate, (1.0 + updates_done) / (10.0 + updates_done))
+
+
 @dataclass
 class StepReport:
     """Progress of the loop, passed to the ``on_log`` callback."""
@@ -353,9 +363,10 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
+            decay = ema_decay(self.config.ema_rate, self.step)
             with torch.no_grad():
                 for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                    ema_p.lerp_(p, 1.0 - self.config.ema_rate)
+                    ema_p.lerp_(p, 1.0 - decay)
         self.step += 1
         return float(loss.detach())
 
@@ -430,6 +441,20 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+
+    def load_weights(self, path: Path) -> None:
+        """Start from published-layout weights (e.g. to fine-tune on whole volumes after crop training).
+
+        The weights go into the model and, when enabled, the EMA; the optimiser starts fresh.
+
+        Raises:
+            CheckpointError: unreadable file or a key/shape mismatch with this run's architecture.
+        """
+        state = read_state_dict(path)
+        check_state_dict(state, self.model, str(path))
+        self.model.load_state_dict(state)
+        if self.ema is not None:
+            self.ema.load_state_dict(state)
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(self.checkpoint_dir.glob("step_*.pt"))
