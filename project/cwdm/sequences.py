@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum
 
 
-class MRISequence(StrEnum):
-    """A BraTS MR sequence, named by its file-name tag (REFERENCE.md section 7)."""
+class MRISequence(str, Enum):
+    """A BraTS MR sequence, named by its file-name tag (REFERENCE.md section 7).
+
+    A ``str`` subclass whose ``str()`` is the tag (``enum.StrEnum`` would do, but needs Python 3.11 and
+    the image supports any base with Python 3.10 or newer).
+    """
 
     T1N = "t1n"
     T1C = "t1c"
     T2W = "t2w"
     T2F = "t2f"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 #: The canonical order t1n, t1c, t2w, t2f; conditions are stacked in this order (REFERENCE.md section 3).
