@@ -26,6 +26,7 @@ from cwdm.errors import ShapeError
 from cwdm.fastpath import (
     CACHE_VARIABLES,
     CPU_CHANNELS_LAST,
+    GPU_CHANNELS_LAST,
     HOME_CACHE_VARIABLES,
     FastPathOptions,
     ensure_writable_caches,
@@ -119,9 +120,10 @@ def test_shape_errors_pass_through(tiny_denoiser: Denoiser) -> None:
 # -- option resolution --------------------------------------------------------------------------------
 
 
-def test_gpu_defaults_turn_on_layout_and_autotuning_only() -> None:
+def test_gpu_defaults_turn_on_autotuning_and_the_measured_layout_only() -> None:
     options = FastPathOptions.resolve(CUDA)
-    assert (options.enabled, options.channels_last, options.cudnn_benchmark) == (True, True, True)
+    assert (options.enabled, options.cudnn_benchmark) == (True, True)
+    assert options.channels_last is GPU_CHANNELS_LAST
     assert (options.compile, options.cuda_graphs, options.notes) == (False, False, ())
     options = FastPathOptions.resolve(
         CUDA, compile=True, compile_mode="max-autotune-no-cudagraphs", cuda_graphs=True

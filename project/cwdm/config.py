@@ -46,8 +46,9 @@ class RunParameters(_Strict):
         batch_size: Cases that need the same target sampled together.
         postprocess: ``brain_mask`` (clamp and zero outside the brain, the published evaluation) or
             ``threshold`` (values <= 0.04 set to 0, the published challenge container).
-        fast_path: The fast inference path (:mod:`cwdm.fastpath`): on a GPU channels-last layout and
-            cuDNN autotuning; on a CPU only what measured faster than plain float32. False: eager.
+        fast_path: The fast inference path (:mod:`cwdm.fastpath`): on a GPU cuDNN autotuning (the
+            channels-last layout measured slower); on a CPU only what measured faster than plain
+            float32. False: eager.
         compile: Wrap the network in ``torch.compile`` (falls back to eager if compilation fails).
         compile_mode: The ``torch.compile`` mode.
         cuda_graphs: Capture the denoiser step as a CUDA graph (GPU only; falls back to eager).

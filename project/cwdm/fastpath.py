@@ -7,8 +7,8 @@ What it does (README, "Speed"; measurements in docs/PERFORMANCE.md):
   computes in (STYLE.md section 4).
 - Autocast in the runtime's precision (bf16 or fp16 on a GPU, nothing on a CPU) around the network call
   only; GroupNorm still computes in float32 inside the network, as published (``GroupNorm32``).
-- On a CUDA GPU, when the fast path is on: the channels-last 3D memory layout for the weights and the
-  network input, and cuDNN autotuning (``torch.backends.cudnn.benchmark``, a process-wide setting).
+- On a CUDA GPU, when the fast path is on: cuDNN autotuning (``torch.backends.cudnn.benchmark``, a
+  process-wide setting), and the channels-last 3D layout only if :data:`GPU_CHANNELS_LAST` says so.
 - Optional, on request: ``torch.compile`` (mode configurable) and CUDA-graph capture of the denoiser step
   with static input buffers, one graph per input shape. Either falls back to the eager network, with a
   logged warning, when compilation or capture fails, and a captured graph is checked against the eager
@@ -49,6 +49,11 @@ _COMPILE_MODES_WITH_GRAPHS = frozenset({"reduce-overhead", "max-autotune"})
 #: reference CPU (docs/PERFORMANCE.md: 1.05 and 0.96 of the time in two runs, within the noise), so
 #: the CPU fast path keeps the contiguous layout.
 CPU_CHANNELS_LAST = False
+
+#: Channels-last 3D on a GPU: measured slower on an H100 with cuDNN 9.19 (published network, full
+#: resolution, bf16: 134.5 ms a step against 87.5 ms contiguous; docs/PERFORMANCE.md), so the GPU fast
+#: path keeps the contiguous layout too. ``FastPathOptions(channels_last=True)`` still offers it.
+GPU_CHANNELS_LAST = False
 
 #: Environment variables of the caches written during compilation or kernel loading, and the folder
 #: name each gets under the temporary cache root when it is unset or not writable.
@@ -105,7 +110,8 @@ class FastPathOptions:
         """The settings for ``device`` from the parameters.yaml keys of the same names.
 
         Rules: with ``fast_path`` false everything is off (``compile`` and ``cuda_graphs`` are then
-        ignored, with a note). On a CUDA device the fast path adds channels-last and cuDNN autotuning,
+        ignored, with a note). On a CUDA device the fast path adds cuDNN autotuning (and
+        :data:`GPU_CHANNELS_LAST`),
         plus ``compile`` and ``cuda_graphs`` as requested (our capture is skipped when the compile mode
         captures graphs itself). On a CPU it adds only :data:`CPU_CHANNELS_LAST`, plus ``compile`` if
         requested; CUDA graphs need a GPU.
@@ -122,7 +128,7 @@ class FastPathOptions:
                     f"compile_mode {compile_mode} captures CUDA graphs itself: cuda_graphs capture skipped"
                 )
                 graphs = False
-            options = cls(True, True, True, compile, compile_mode, graphs, tuple(notes))
+            options = cls(True, GPU_CHANNELS_LAST, True, compile, compile_mode, graphs, tuple(notes))
         else:
             if cuda_graphs:
                 notes.append(f"cuda_graphs needs a CUDA GPU; not used on {device}")
