@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
 from pathlib import Path
 
 import nibabel as nib
@@ -262,6 +264,32 @@ def test_save_then_resume_continues_bit_identically(train_dir, tmp_path):
         assert a == (tmp_path / "interrupted" / "weights" / name).read_bytes()
 
 
+def test_a_stop_request_checkpoints_the_finished_step_and_the_rerun_continues_identically(
+    train_dir, tmp_path
+):
+    settings = {"ema_rate": 0.9, "crop_size": (8, 8, 8)}  # save_every 3: step 2 is no regular save
+    straight = trainer(train_dir, tmp_path / "straight", **settings)
+    straight_losses = _losses(straight)
+
+    stopped = trainer(train_dir, tmp_path / "stopped", **settings)
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(stopped.step)
+        return stopped.step >= 2
+
+    stopped.run(should_stop=should_stop)
+    assert asked == [1, 2] and stopped.step == 2
+    assert [p.name for p in stopped.checkpoint_dir.iterdir()] == ["step_00000002.pt"]
+
+    resumed = trainer(train_dir, tmp_path / "stopped", **settings)
+    resumed.load_checkpoint(stopped.latest_checkpoint())
+    resumed_losses = _losses(resumed)
+    assert [step for step, _ in resumed_losses] == [3, 4, 5, 6]
+    assert resumed_losses == straight_losses[2:]
+    _assert_same_state(straight, resumed)
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -408,3 +436,30 @@ def test_cli_train_runs_end_to_end_and_resumes(train_dir, tmp_path):
         app, ["train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "6", "--lr", "1"]
     )
     assert result.exit_code == 2 and "different settings (lr)" in result.output
+
+
+def test_cli_train_stops_on_sigterm_after_checkpointing_and_the_same_command_resumes(
+    train_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    command = ["train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "5", "--save-every", "4"]
+    real_step = Trainer.train_step
+
+    def step_then_sigterm(self: Trainer) -> float:
+        loss = real_step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `docker stop` or a scheduler would, mid-run
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert "stopped by SIGTERM after step 3 of 5" in result.output
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000003.pt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "train_log.csv").open()))
+    assert [int(row["step"]) for row in rows] == [1, 2, 3, 4, 5]

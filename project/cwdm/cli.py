@@ -4,6 +4,7 @@ library, render, exit code)."""
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -235,6 +236,7 @@ def train(
 ) -> None:
     """Train one target's denoiser; multi-GPU with ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
     from .config import ModelSpec
+    from .signals import stop_requested_on_signals
     from .training import StepReport, TrainingCases, TrainingConfig
     from .training_runtime import make_trainer
 
@@ -278,9 +280,20 @@ def train(
         def report(r: StepReport) -> None:
             log.info("step %d  loss %.5f  %.2f it/s", r.step, r.loss, r.steps_per_s)
 
-        path = trainer.run(on_log=report)
+        # SIGINT/SIGTERM: finish the step, checkpoint it, exit 128 + signal; the same command resumes.
+        with stop_requested_on_signals() as stop:
+            path = trainer.run(on_log=report, should_stop=stop.is_set)
     except CwdmError as exc:
         raise _fail(exc) from exc
+    if trainer.step < config.iterations:
+        signum = stop.signal_number or signal.SIGTERM  # another rank's signal stopped this one
+        typer.secho(
+            f"stopped by {signal.Signals(signum).name} after step {trainer.step} of {config.iterations}; "
+            f"checkpoint saved, weights exported to {path}: rerun the same command to resume",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(128 + signum)
     typer.echo(f"weights: {path}")
 
 

@@ -9,7 +9,11 @@ the run stops where it is, the output being written loses only its temporary fil
 the command writes that report, shows its summary and exits with 128 + the signal number. A rerun
 skips the finished cases and does the rest.
 
-Only the commands (``cwdm infer``, ``project/mlcube.py``) install the handlers; the library never does.
+``cwdm train`` stops differently (:func:`stop_requested_on_signals`): a signal only sets a flag, which the
+training loop reads between steps, so that it can save a checkpoint of a whole step before it exits.
+
+Only the commands (``cwdm infer``, ``cwdm train``, ``project/mlcube.py``) install the handlers; the library
+never does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -41,6 +45,45 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
     Args:
         signals: The signals to turn into :class:`Interrupted`.
     """
+
+    def stop(signum: int) -> None:
+        raise Interrupted(signum)  # no logging here: the handler may run inside a logging call
+
+    with _first_signal_calls(stop, signals):
+        yield
+
+
+class StopRequest:
+    """Set by the first stop signal inside :func:`stop_requested_on_signals`; read between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal_number: int | None = None
+
+    def set(self, signum: int) -> None:
+        self.signal_number = signum
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+@contextmanager
+def stop_requested_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[StopRequest]:
+    """Within the block, the first of ``signals`` only sets the yielded :class:`StopRequest`.
+
+    For loops that must not be cut mid-step (training: a step half applied cannot be checkpointed).
+    As with :func:`stop_on_signals`, a second signal acts as it did before the block, and outside the
+    main thread nothing is installed (the request is then never set by a signal).
+    """
+    request = StopRequest()
+    with _first_signal_calls(request.set, signals):
+        yield request
+
+
+@contextmanager
+def _first_signal_calls(action: Callable[[int], None], signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    """Install handlers that restore the previous ones, then call ``action(signum)``; restore on exit."""
     if threading.current_thread() is not threading.main_thread():
         log.debug("not the main thread: signal handlers left as they are")
         yield
@@ -52,13 +95,13 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         del frame
         restore()
-        raise Interrupted(signum)  # no logging here: the handler may run inside a logging call
+        action(signum)
 
     for sig in signals:
-        signal.signal(sig, stop)
+        signal.signal(sig, handler)
     try:
         yield
     finally:

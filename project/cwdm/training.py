@@ -371,6 +371,14 @@ class Trainer:
         return float(loss.detach())
 
     # -- checkpoints --------------------------------------------------------------------------
+    def _stop_agreed(self, requested: bool) -> bool:
+        """True on every rank once any rank is asked to stop: ranks leave the loop at the same step."""
+        if self.world_size == 1:
+            return requested
+        flag = torch.tensor([float(requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     @property
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
@@ -461,8 +469,18 @@ class Trainer:
         return found[-1] if found else None
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self, on_log: Callable[[StepReport], None] | None = None) -> Path:
+    def run(
+        self,
+        on_log: Callable[[StepReport], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Path:
         """Train until ``config.iterations``, saving every ``save_every`` steps and at the end.
+
+        Args:
+            on_log: Called with each logged :class:`StepReport`.
+            should_stop: Asked after every step; once it answers True (on any rank), the run saves a
+                checkpoint of the finished step, unless it just did, and returns early. A rerun resumes
+                from there; ``self.step`` tells where it stopped.
 
         Returns:
             The exported weights file.
@@ -491,8 +509,13 @@ class Trainer:
                         losses.clear()
                         if on_log is not None:
                             on_log(report)
-                    if self.step % cfg.save_every == 0 or self.step == cfg.iterations:
+                    saved = self.step % cfg.save_every == 0 or self.step == cfg.iterations
+                    if saved:
                         self.save_checkpoint()
+                    if should_stop is not None and self._stop_agreed(should_stop()):
+                        if not saved:
+                            self.save_checkpoint()
+                        break
         finally:
             self._stop_prefetch()
         return self.weights_dir / f"{cfg.target}.safetensors"
