@@ -112,8 +112,8 @@ class FastPathOptions:
         Rules: with ``fast_path`` false everything is off (``compile`` and ``cuda_graphs`` are then
         ignored, with a note). On a CUDA device the fast path adds cuDNN autotuning and
         :data:`GPU_CHANNELS_LAST`, plus ``compile`` and ``cuda_graphs`` as requested (our capture is
-        skipped when the compile mode captures graphs itself). On a CPU it adds only :data:`CPU_CHANNELS_LAST`, plus ``compile`` if
-        requested; CUDA graphs need a GPU.
+        skipped when the compile mode captures graphs itself). On a CPU it adds only
+        :data:`CPU_CHANNELS_LAST`, plus ``compile`` if requested; CUDA graphs need a GPU.
         """
         notes: list[str] = []
         if not fast_path:
