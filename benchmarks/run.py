@@ -373,6 +373,8 @@ def gpu_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
         }
         row["fraction_of_peak"] = row["tflops"] / peak if peak else None
         rows.append(row)
+        step_ms, error = row["median_step_s"] * 1e3, row["relative_error_vs_fp32"]
+        _progress(f"{name}: {step_ms:.1f} ms a step, error {error:.2e}")
         del out
         acc.free()
 
@@ -389,12 +391,19 @@ def gpu_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, A
         "variants": rows,
     }
     result["sample_psnr"] = _sample_psnr(acc, base, fp32, fast, args)
+    _progress(f"PSNR fp32 vs fast, {args.psnr_steps} steps: {result['sample_psnr']['psnr_db']:.2f} dB")
     if not args.skip_case:
-        result["end_to_end"] = [
-            _end_to_end(acc, base, args, cuda_graphs=False),
-            _end_to_end(acc, base, args, cuda_graphs=True),
-        ]
+        result["end_to_end"] = []
+        for graphs in (False, True):
+            result["end_to_end"].append(_end_to_end(acc, base, args, cuda_graphs=graphs))
+            _progress(f"case end to end, cuda_graphs {graphs}: {result['end_to_end'][-1]['case_s']:.1f} s")
     return result
+
+
+def _progress(line: str) -> None:
+    # Each figure as soon as it exists: the report comes at the end, and a run stopped by a time
+    # limit (a lent GPU's, say) would otherwise leave nothing behind.
+    print(f"[benchmark] {line}", file=sys.stderr, flush=True)
 
 
 def _datasheet_peak(name: str) -> float | None:

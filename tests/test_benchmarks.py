@@ -46,7 +46,7 @@ def test_cpu_part_runs_and_reports_ratios(
     "case", [pytest.param(False, id="no-case"), pytest.param(True, id="case", marks=pytest.mark.slow)]
 )
 def test_gpu_part_runs_as_a_labelled_dry_run_on_the_cpu(
-    bench: ModuleType, tmp_path: Path, case: bool
+    bench: ModuleType, tmp_path: Path, case: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The GPU code (variants, errors, PSNR, end-to-end case) without a GPU: a check of the script."""
     out = tmp_path / "results.json"
@@ -62,6 +62,10 @@ def test_gpu_part_runs_as_a_labelled_dry_run_on_the_cpu(
     assert fast["peak_memory_gib"] is None  # no memory figure is made up on a CPU
     assert gpu["sample_psnr"]["psnr_db"] > 20
     assert ("end_to_end" in gpu) == case
+    # Each figure is also reported as soon as it exists, for runs cut short by a time limit.
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[benchmark] ")]
+    assert len(progress) == len(gpu["variants"]) + 1 + (2 if case else 0)
+    assert f"{gpu['sample_psnr']['psnr_db']:.2f} dB" in progress[len(gpu["variants"])]
 
 
 def test_counted_flops_of_the_published_network_match_the_reference(bench: ModuleType) -> None:
