@@ -37,7 +37,7 @@ from cwdm.cases import discover_cases
 from cwdm.checkpoints import CHECKPOINT_SUFFIXES
 from cwdm.config import load_run_parameters
 from cwdm.errors import CheckpointError, CwdmError, Interrupted
-from cwdm.pipeline import RunReport, Synthesizer, check_report_path, needed_targets, write_report
+from cwdm.pipeline import RunReport, Synthesizer, check_report_path, needed_targets, save_report
 from cwdm.signals import stop_on_signals
 
 #: Environment variable naming the weights baked into the image (set by the Dockerfile).
@@ -179,12 +179,7 @@ def infer(
             log.error("stopped by %s before any case ran", exc.signal_name)
             raise typer.Exit(exc.exit_code) from None
         report = exc.report  # type: ignore[assignment]
-    try:
-        written: Path | None = write_report(report, report_file)
-    except CwdmError as exc:  # the outputs stand; the log holds every case's outcome
-        log.error("%s", exc)
-        written = None
-    _log_summary(report, written)
+    _log_summary(report, save_report(report, report_file))
     raise typer.Exit(report.exit_code)
 
 

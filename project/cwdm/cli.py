@@ -76,7 +76,7 @@ def infer(
     from .cases import discover_cases
     from .config import load_run_parameters, override_run_parameters
     from .errors import Interrupted
-    from .pipeline import Synthesizer, check_report_path, needed_targets
+    from .pipeline import Synthesizer, check_report_path, needed_targets, save_report
     from .signals import stop_on_signals
 
     console = _setup_rich_logging(verbose)
@@ -98,20 +98,8 @@ def infer(
             typer.secho(f"stopped by {exc.signal_name} before any case ran", err=True, fg=typer.colors.RED)
             raise typer.Exit(exc.exit_code) from None
         result = exc.report  # type: ignore[assignment]
-    _render_summary(result, _save_report(result, report_path))
+    _render_summary(result, save_report(result, report_path))
     raise typer.Exit(result.exit_code)
-
-
-def _save_report(result: RunReport, report_path: Path) -> Path | None:
-    """Write the JSON report; if that fails, say so and go on: the outputs stand, and stderr and the
-    summary hold every case's outcome (the exit status still follows the cases)."""
-    from .pipeline import write_report
-
-    try:
-        return write_report(result, report_path)
-    except CwdmError as exc:
-        log.error("%s", exc)
-        return None
 
 
 def _setup_rich_logging(verbose: bool) -> Console:

@@ -325,6 +325,22 @@ def write_report(report: RunReport, path: Path) -> Path:
     return path
 
 
+def save_report(report: RunReport, path: Path) -> Path | None:
+    """:func:`write_report` for the commands: a report that cannot be written is logged, not raised.
+
+    The outputs stand and the log and summary hold every case's outcome, so the run goes on to its
+    summary (the exit status still follows the cases).
+
+    Returns:
+        ``path``, or None when the report was not written.
+    """
+    try:
+        return write_report(report, path)
+    except CwdmError as exc:
+        log.error("%s", exc)
+        return None
+
+
 @dataclass
 class _Prepared:
     """A case ready for sampling: condition volumes in network layout and where its output goes."""
