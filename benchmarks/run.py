@@ -3,10 +3,10 @@
 Always (any machine):
   * FLOPs of one full-resolution forward of the published U-Net (1 x 32 x 112 x 112 x 80), counted
     with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (no arithmetic runs).
-  * CPU, at a reduced size: our float32 denoiser step (``cwdm.fastpath``, the CPU fast path) against a
-    plain eager float32 call of the same module under ``torch.no_grad()``, interleaved in one process
-    (the order rotates every repetition), as median ratios of wall time and of process CPU time; plus
-    the channels-last layout that the CPU fast path leaves off, and optionally torch.compile.
+  * CPU, at a reduced size: our float32 denoiser step (``cwdm.inference.fastpath``, the CPU fast path)
+    against a plain eager float32 call of the same module under ``torch.no_grad()``, interleaved in one
+    process (the order rotates every repetition), as median ratios of wall time and of process CPU time;
+    plus the channels-last layout that the CPU fast path leaves off, and optionally torch.compile.
 
 With a CUDA GPU (skipped otherwise; ``--dry-run-cpu`` runs this code on the CPU with a tiny model to
 check the script, reported as a dry run), published configuration at full resolution, batch 1:
@@ -57,13 +57,13 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import cwdm
+from cwdm.cases.volumes import NetworkLayout, normalise, read_volume
 from cwdm.config import ModelSpec, RunParameters
-from cwdm.denoiser import Denoiser, DenoiserConfig
-from cwdm.fastpath import FastPathOptions, prepare_denoiser
+from cwdm.inference.fastpath import FastPathOptions, prepare_denoiser
+from cwdm.method.denoiser import Denoiser, DenoiserConfig
 from cwdm.runtime import Runtime
 from cwdm.sequences import condition_order
-from cwdm.volumes import NetworkLayout, normalise, read_volume
-from cwdm.weights import WeightsDir
+from cwdm.weights.folder import WeightsDir
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_SHAPE = (1, 32, 112, 112, 80)

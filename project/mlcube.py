@@ -33,12 +33,12 @@ from typing import Annotated
 
 import typer
 
-from cwdm.cases import discover_cases
-from cwdm.checkpoints import CHECKPOINT_SUFFIXES
+from cwdm.cases.discovery import discover_cases
 from cwdm.config import load_run_parameters
 from cwdm.errors import CheckpointError, CwdmError, Interrupted
-from cwdm.pipeline import RunReport, Synthesizer, check_report_path, needed_targets, save_report
+from cwdm.inference.synthesizer import RunReport, Synthesizer, check_report_path, needed_targets, save_report
 from cwdm.signals import stop_on_signals
+from cwdm.weights.checkpoints import CHECKPOINT_SUFFIXES
 
 #: Environment variable naming the weights baked into the image (set by the Dockerfile).
 DEFAULT_WEIGHTS_ENV = "CWDM_DEFAULT_WEIGHTS"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cwdm.cases import Case, discover_cases, read_case
+from cwdm.cases.discovery import Case, discover_cases, read_case
 from cwdm.errors import CaseError, CwdmError
 from cwdm.sequences import CANONICAL_ORDER, MRISequence
 

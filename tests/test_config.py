@@ -13,8 +13,8 @@ from cwdm.config import (
     load_run_parameters,
     override_run_parameters,
 )
-from cwdm.denoiser import DenoiserConfig
 from cwdm.errors import ConfigError
+from cwdm.method.denoiser import DenoiserConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cwdm import ConfigError, Denoiser, DenoiserConfig, ShapeError
-from cwdm.denoiser import GroupNorm32, timestep_embedding
+from cwdm.method.denoiser import GroupNorm32, timestep_embedding
 
 from .conftest import REFERENCE_DIR, TINY
 

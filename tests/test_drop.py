@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cwdm.cli import app
-from cwdm.drop import drop_assignment, drop_sequences
 from cwdm.errors import CwdmError
+from cwdm.evaluation.drop import drop_assignment, drop_sequences
 from cwdm.sequences import MRISequence
 
 from .conftest import EXAMPLES_DIR
@@ -197,7 +197,7 @@ def test_a_failed_copy_leaves_no_partial_file(tmp_path, monkeypatch):
         Path(destination).write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr("cwdm.drop.shutil.copyfile", broken_copy)
+    monkeypatch.setattr("cwdm.evaluation.drop.shutil.copyfile", broken_copy)
     with pytest.raises(OSError, match="disk full"):
         drop_sequences(src, tmp_path / "dst")
     assert list((tmp_path / "dst" / SAMPLE_CASES[0]).iterdir()) == []

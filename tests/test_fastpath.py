@@ -20,10 +20,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import cwdm.fastpath as fastpath
-from cwdm.denoiser import Denoiser
+import cwdm.inference.fastpath as fastpath
 from cwdm.errors import ShapeError
-from cwdm.fastpath import (
+from cwdm.inference.fastpath import (
     CACHE_VARIABLES,
     CPU_CHANNELS_LAST,
     GPU_CHANNELS_LAST,
@@ -32,6 +31,7 @@ from cwdm.fastpath import (
     ensure_writable_caches,
     prepare_denoiser,
 )
+from cwdm.method.denoiser import Denoiser
 from cwdm.runtime import Runtime
 
 from .conftest import TINY, randomised
@@ -135,7 +135,7 @@ def test_gpu_defaults_turn_on_autotuning_and_the_measured_layout_only() -> None:
 def test_cpu_gets_only_what_measured_faster(caplog: pytest.LogCaptureFixture) -> None:
     options = FastPathOptions.resolve(CPU)
     assert options.channels_last is CPU_CHANNELS_LAST and not options.cudnn_benchmark
-    with caplog.at_level(logging.WARNING, logger="cwdm.fastpath"):
+    with caplog.at_level(logging.WARNING, logger="cwdm.inference.fastpath"):
         options = FastPathOptions.resolve(CPU, cuda_graphs=True, compile=True)
     assert not options.cuda_graphs and options.compile
     assert "cuda_graphs needs a CUDA GPU" in caplog.text
@@ -215,7 +215,7 @@ def _stranger_env(tmp: Path) -> dict[str, str]:
 @_STRANGER
 def test_caches_are_writable_for_an_unknown_user_with_an_unwritable_home(shared_tmp: Path) -> None:
     code = (
-        "import os, cwdm.fastpath as f\n"
+        "import os, cwdm.inference.fastpath as f\n"
         "f.ensure_writable_caches()\n"
         "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
         "assert cache_dir() == os.environ['TORCHINDUCTOR_CACHE_DIR']\n"
@@ -260,7 +260,7 @@ def test_failed_compilation_falls_back_to_eager_for_good(
     x, t = _inputs()
     expected = _eager_fp32(tiny_denoiser, x, t)
     fast = prepare_denoiser(tiny_denoiser, CPU_FP32, FastPathOptions(compile=True))
-    with caplog.at_level(logging.WARNING, logger="cwdm.fastpath"):
+    with caplog.at_level(logging.WARNING, logger="cwdm.inference.fastpath"):
         assert torch.equal(fast(x, t), expected)
         assert torch.equal(fast(x, t), expected)
     assert broken.calls == 1  # not retried
@@ -396,7 +396,7 @@ def test_failed_or_wrong_capture_falls_back_to_eager(
         emulated_graphs.corrupt = True
     fast = _graphed(tiny_denoiser)
     x, t = _inputs()
-    with caplog.at_level(logging.WARNING, logger="cwdm.fastpath"):
+    with caplog.at_level(logging.WARNING, logger="cwdm.inference.fastpath"):
         for _ in range(3):
             assert torch.equal(fast(x, t), _eager_fp32(tiny_denoiser, x, t))
     assert caplog.text.count("CUDA graph capture for input (2, 32, 8, 8, 8) failed") == 1  # not retried

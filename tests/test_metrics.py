@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cwdm.cli import app
 from cwdm.errors import CaseError, CwdmError, ShapeError
-from cwdm.metrics import (
+from cwdm.evaluation.metrics import (
     baseline_scores,
     centre_crop,
     evaluate,

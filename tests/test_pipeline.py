@@ -19,11 +19,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from cwdm.cases import discover_cases
+from cwdm.cases.discovery import discover_cases
 from cwdm.config import RunParameters
-from cwdm.denoiser import DenoiserConfig
 from cwdm.errors import CheckpointError, ConfigError
-from cwdm.pipeline import (
+from cwdm.inference.synthesizer import (
     RunReport,
     SamplingSettings,
     Synthesizer,
@@ -31,8 +30,9 @@ from cwdm.pipeline import (
     needed_targets,
     write_report,
 )
+from cwdm.method.denoiser import DenoiserConfig
+from cwdm.method.schedule import NoiseSchedule
 from cwdm.runtime import Runtime
-from cwdm.schedule import NoiseSchedule
 from cwdm.sequences import CANONICAL_ORDER, MRISequence, condition_order
 
 from .conftest import AFFINE, TINY_SPEC, write_case, write_tiny_weights, write_volume
@@ -195,7 +195,7 @@ def test_unexpected_exception_fails_its_cases_only_and_is_logged_with_traceback(
     write_case(tmp_path / "data", "BraTS-GLI-00001-000", missing="t2f")
     write_case(tmp_path / "data", "BraTS-GLI-00002-000", missing="t2w")
     models = {MRISequence.T2F: CopyCondition(fail=True), MRISequence.T2W: CopyCondition()}
-    with caplog.at_level(logging.ERROR, logger="cwdm.pipeline"):
+    with caplog.at_level(logging.ERROR, logger="cwdm.inference.synthesizer"):
         report = _synth(models).run(discover_cases(tmp_path / "data"), tmp_path / "out")
     failed, written = report.cases
     assert (failed.status, failed.error_type) == ("failed", "RuntimeError")
@@ -214,7 +214,7 @@ def test_missing_model_fails_the_affected_cases_and_names_them(
     weights = write_tiny_weights(tmp_path / "weights", targets=("t1n", "t2w", "t2f"))
     params = RunParameters(sampling_steps=1, device="cpu")
     cases = discover_cases(data)
-    with caplog.at_level(logging.ERROR, logger="cwdm.pipeline"):
+    with caplog.at_level(logging.ERROR, logger="cwdm.inference.synthesizer"):
         synth = Synthesizer.from_weights(weights, params, needed_targets(cases))
         report = synth.run(cases, tmp_path / "out")
     assert set(synth.models) == {MRISequence.T2F}  # only what the cases need

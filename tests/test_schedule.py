@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cwdm import ConfigError, NoiseSchedule
-from cwdm.schedule import evenly_spaced_timesteps
-from cwdm.wavelets import clip_coeffs
+from cwdm.method.schedule import evenly_spaced_timesteps
+from cwdm.method.wavelets import clip_coeffs
 
 CHAINS = [("full", 1000), ("respaced_100", 100)]
 

@@ -22,14 +22,14 @@ import pytest
 import torch
 from torch import Tensor
 
-import cwdm.pipeline as pipeline
-from cwdm.cases import discover_cases
+import cwdm.inference.synthesizer as pipeline
+from cwdm.cases.discovery import discover_cases
 from cwdm.config import RunParameters
-from cwdm.pipeline import CaseResult, Synthesizer
+from cwdm.inference.synthesizer import CaseResult, Synthesizer
+from cwdm.inference.throughput import BackgroundWriter, OrderedRecorder, Throughput, prefetched
+from cwdm.method.schedule import NoiseSchedule
 from cwdm.runtime import Runtime, worker_devices
-from cwdm.schedule import NoiseSchedule
 from cwdm.sequences import MRISequence
-from cwdm.throughput import BackgroundWriter, OrderedRecorder, Throughput, prefetched
 
 from .conftest import write_case
 from .test_pipeline import CopyCondition, _settings

@@ -19,8 +19,8 @@ from cwdm.cli import app
 from cwdm.config import ModelSpec
 from cwdm.errors import VolumeReadError
 from cwdm.sequences import MRISequence, condition_order
-from cwdm.training import Trainer, TrainingCases, TrainingConfig, ema_decay, training_batch
-from cwdm.weights import WeightsDir
+from cwdm.training.trainer import Trainer, TrainingCases, TrainingConfig, ema_decay, training_batch
+from cwdm.weights.folder import WeightsDir
 
 from .conftest import smooth_blobs
 

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cwdm import volumes
-from cwdm.volumes import (
+from cwdm.cases import volumes
+from cwdm.cases.volumes import (
     BRATS_SHAPE,
     NetworkLayout,
     VolumeError,

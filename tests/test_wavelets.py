@@ -8,7 +8,7 @@ import pywt
 import torch
 
 from cwdm import ShapeError, build_condition, decode, dwt3d, encode, idwt3d
-from cwdm.wavelets import clip_coeffs
+from cwdm.method.wavelets import clip_coeffs
 
 # PyWavelets' key for each band, in the published order (REFERENCE.md section 2).
 PYWT_KEYS = ["aaa", "aad", "ada", "add", "daa", "dad", "dda", "ddd"]

@@ -5,10 +5,8 @@ The public, stable API is listed in ``__all__``; see README.md for a runnable ex
 
 from __future__ import annotations
 
-from .cases import Case, discover_cases
-from .checkpoints import load_denoiser, read_state_dict, write_state_dict
+from .cases.discovery import Case, discover_cases
 from .config import RunParameters, load_run_parameters
-from .denoiser import Denoiser, DenoiserConfig
 from .errors import (
     CaseError,
     CheckpointError,
@@ -20,15 +18,17 @@ from .errors import (
     ShapeError,
     VolumeReadError,
 )
-from .fastpath import FastPathOptions, prepare_denoiser
-from .pipeline import CaseResult, RunReport, Synthesizer, needed_targets, write_report
+from .inference.fastpath import FastPathOptions, prepare_denoiser
+from .inference.synthesizer import CaseResult, RunReport, Synthesizer, needed_targets, write_report
+from .inference.throughput import Throughput
+from .method.denoiser import Denoiser, DenoiserConfig
+from .method.sampling import sample
+from .method.schedule import NoiseSchedule
+from .method.wavelets import build_condition, clip_coeffs, decode, dwt3d, encode, idwt3d
 from .runtime import Runtime, resolve_runtime
-from .sampling import sample
-from .schedule import NoiseSchedule
 from .sequences import CANONICAL_ORDER, MRISequence, condition_order
 from .signals import stop_on_signals
-from .throughput import Throughput
-from .wavelets import build_condition, clip_coeffs, decode, dwt3d, encode, idwt3d
+from .weights.checkpoints import load_denoiser, read_state_dict, write_state_dict
 
 __version__ = "0.1.0"
 

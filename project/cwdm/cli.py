@@ -17,7 +17,7 @@ from rich.table import Table
 from .errors import CwdmError
 
 if TYPE_CHECKING:
-    from .pipeline import CaseResult, RunReport
+    from .inference.synthesizer import CaseResult, RunReport
 
 app = typer.Typer(
     name="cwdm",
@@ -73,10 +73,10 @@ def infer(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Synthesise the missing sequence of every case in DATA into OUT (a rerun skips finished cases)."""
-    from .cases import discover_cases
+    from .cases.discovery import discover_cases
     from .config import load_run_parameters, override_run_parameters
     from .errors import Interrupted
-    from .pipeline import Synthesizer, check_report_path, needed_targets, save_report
+    from .inference.synthesizer import Synthesizer, check_report_path, needed_targets, save_report
     from .signals import stop_on_signals
 
     console = _setup_rich_logging(verbose)
@@ -225,8 +225,8 @@ def train(
     """Train one target's denoiser; multi-GPU with ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
     from .config import ModelSpec
     from .signals import stop_requested_on_signals
-    from .training import StepReport, TrainingCases, TrainingConfig
-    from .training_runtime import make_trainer
+    from .training.distributed import make_trainer
+    from .training.trainer import StepReport, TrainingCases, TrainingConfig
 
     _setup_logging(verbose)
     try:
@@ -297,7 +297,7 @@ def evaluate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop."""
-    from .metrics import evaluate as evaluate_predictions
+    from .evaluation.metrics import evaluate as evaluate_predictions
 
     _setup_logging(verbose)
     try:
@@ -322,7 +322,7 @@ def drop_sequence(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Drop one sequence per case exactly as the organisers' script does (seed 123456)."""
-    from .drop import drop_sequences
+    from .evaluation.drop import drop_sequences
 
     _setup_logging(verbose)
     try:
@@ -350,7 +350,7 @@ def weights_check(
     ],
 ) -> None:
     """Verify that every target's checkpoint loads strictly with the model.yaml architecture."""
-    from .weights import check_weights
+    from .weights.folder import check_weights
 
     try:
         report = check_weights(directory)
@@ -371,7 +371,7 @@ def weights_fetch(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Download the published checkpoints (image build time only; needs the 'hub' extra), then check."""
-    from .weights import fetch_weights
+    from .weights.folder import fetch_weights
 
     _setup_logging(verbose)
     try:

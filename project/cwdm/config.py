@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
-from .denoiser import DenoiserConfig
 from .errors import ConfigError
-from .schedule import NoiseSchedule
+from .method.denoiser import DenoiserConfig
+from .method.schedule import NoiseSchedule
 
 SamplerName = Literal["ddpm", "ddim"]
 DeviceName = Literal["auto", "cuda", "cpu"]
@@ -46,7 +46,7 @@ class RunParameters(_Strict):
         batch_size: Cases that need the same target sampled together.
         postprocess: ``brain_mask`` (clamp and zero outside the brain, the published evaluation) or
             ``threshold`` (values <= 0.04 set to 0, the published challenge container).
-        fast_path: The fast inference path (:mod:`cwdm.fastpath`): on a GPU cuDNN autotuning (the
+        fast_path: The fast inference path (:mod:`cwdm.inference.fastpath`): on a GPU cuDNN autotuning (the
             channels-last layout measured slower); on a CPU only what measured faster than plain
             float32. False: eager.
         compile: Wrap the network in ``torch.compile`` (falls back to eager if compilation fails).

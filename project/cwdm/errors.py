@@ -65,7 +65,7 @@ class Interrupted(KeyboardInterrupt):
 
     Args:
         signum: The signal number.
-        report: The :class:`cwdm.pipeline.RunReport` so far, when raised out of a run.
+        report: The :class:`cwdm.inference.synthesizer.RunReport` so far, when raised out of a run.
     """
 
     def __init__(self, signum: int, report: object | None = None) -> None:

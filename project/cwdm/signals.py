@@ -5,7 +5,7 @@ period); a person presses Ctrl-C (SIGINT). Python's default for SIGTERM ends the
 and a container's first process (PID 1) ignores SIGTERM altogether unless it installs a handler. Inside
 :func:`stop_on_signals`, both signals raise :class:`cwdm.errors.Interrupted` in the main thread instead:
 the run stops where it is, the output being written loses only its temporary file (outputs are atomic,
-:func:`cwdm.volumes.write_volume_atomic`), :meth:`cwdm.Synthesizer.run` attaches the partial report, and
+:func:`cwdm.cases.volumes.write_volume_atomic`), :meth:`cwdm.Synthesizer.run` attaches the partial report, and
 the command writes that report, shows its summary and exits with 128 + the signal number. A rerun
 skips the finished cases and does the rest.
 

@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 import torch
 
-import cwdm.volumes
-from cwdm.cases import discover_cases
+import cwdm.cases.volumes
+from cwdm.cases.discovery import discover_cases
 from cwdm.config import RunParameters
 from cwdm.errors import Interrupted
-from cwdm.pipeline import Synthesizer
+from cwdm.inference.synthesizer import Synthesizer
 from cwdm.signals import stop_on_signals
 
 from .conftest import (
@@ -218,7 +218,7 @@ def test_a_stop_inside_the_pipeline_leaves_complete_outputs_and_a_partial_report
             stopped.append("after the first case")
             raise KeyboardInterrupt  # Ctrl-C without the command's handlers: the default exception
 
-    monkeypatch.setattr(cwdm.volumes.os, "fsync", fsync)
+    monkeypatch.setattr(cwdm.cases.volumes.os, "fsync", fsync)
     with single_thread(), pytest.raises(Interrupted) as caught:
         _synth(weights).run(discover_cases(data), out, on_case=on_case, on_step=on_step)
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from cwdm.cases import discover_cases
+from cwdm.cases.discovery import discover_cases
 from cwdm.config import RunParameters
-from cwdm.pipeline import RunReport, Synthesizer
+from cwdm.inference.synthesizer import RunReport, Synthesizer
 from cwdm.sequences import MRISequence
 
 from .conftest import single_thread, write_good_case
@@ -77,7 +77,7 @@ def test_a_batch_out_of_memory_is_retried_at_half_size(
     cases_dir: Path, tmp_path: Path, weights: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clean, _ = _run(weights, cases_dir, tmp_path / "clean", batch_size=2)
-    with caplog.at_level(logging.WARNING, logger="cwdm.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="cwdm.inference.synthesizer"):
         report, flaky = _run(weights, cases_dir, tmp_path / "out", 4, fails=lambda x, call: x.shape[0] > 2)
     assert flaky is not None
     assert flaky.calls == [(4, True), (2, False), (2, False), (2, False), (2, False)]  # 2 steps per batch

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser, DenoiserConfig
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..method.denoiser import Denoiser, DenoiserConfig
 
 StateDict = Mapping[str, Tensor]
 

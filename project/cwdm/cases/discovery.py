@@ -22,8 +22,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CaseError, CwdmError
-from .sequences import CANONICAL_ORDER, MRISequence
+from ..errors import CaseError, CwdmError
+from ..sequences import CANONICAL_ORDER, MRISequence
 from .volumes import describe_file_type
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Where training runs: one process per GPU under torchrun, or a single process.
 
-Kept apart from :mod:`cwdm.training` so that the loop itself never asks what hardware exists.
+Kept apart from :mod:`cwdm.training.trainer` so that the loop itself never asks what hardware exists.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .training import Trainer, TrainingCases, TrainingConfig
+from .trainer import Trainer, TrainingCases, TrainingConfig
 
 
 def _init_distributed() -> torch.device:

@@ -2,8 +2,8 @@
 
 Per case (README, "Running inference"): find the target (the one absent sequence); read the three
 present sequences in :func:`cwdm.condition_order`; check that they share one grid; preprocess them as
-in training (:func:`cwdm.volumes.normalise`, :class:`cwdm.volumes.NetworkLayout`); build the wavelet
-condition; sample the target's coefficients; decode; post-process (brain mask by default, or the
+in training (:func:`cwdm.cases.volumes.normalise`, :class:`cwdm.cases.volumes.NetworkLayout`); build
+the wavelet condition; sample the target's coefficients; decode; post-process (brain mask by default, or the
 challenge container's threshold; REFERENCE.md section 6); put the result back on the input grid; and
 write ``<case>-<target>.nii.gz`` (float32, header of the first condition sequence) atomically into the
 output folder. Cases with the same target are sampled together, ``batch_size`` at a time.
@@ -20,10 +20,10 @@ then). A stop requested by a signal (:mod:`cwdm.signals`) or Ctrl-C ends the run
 Outputs that are already complete are skipped, so a rerun resumes. The output folder receives
 predictions only; the run report (:class:`RunReport`, JSON) is written elsewhere by the caller.
 
-Speed: the network runs through :mod:`cwdm.fastpath` (prepared once per model). On a GPU the next batch
-is read and preprocessed, and finished cases are written, on background threads (:mod:`cwdm.throughput`),
-and with several GPUs the batches are shared out to one worker process per GPU; results are recorded in
-the same deterministic order either way. On a CPU the run is sequential.
+Speed: the network runs through :mod:`cwdm.inference.fastpath` (prepared once per model). On a GPU the
+next batch is read and preprocessed, and finished cases are written, on background threads
+(:mod:`cwdm.inference.throughput`), and with several GPUs the batches are shared out to one worker process
+per GPU; results are recorded in the same deterministic order either way. On a CPU the run is sequential.
 The library never prints: progress is reported through the ``on_case`` and ``on_step`` callbacks.
 """
 
@@ -48,27 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cases import Case
-from .checkpoints import load_denoiser
-from .config import PostprocessName, RunParameters, SamplerName
-from .denoiser import Denoiser
-from .errors import (
-    CaseError,
-    CheckpointError,
-    ConfigError,
-    CwdmError,
-    DeviceMemoryError,
-    GeometryError,
-    Interrupted,
-    VolumeReadError,
-)
-from .fastpath import FastDenoiser, FastPathOptions, ensure_writable_caches, prepare_denoiser
-from .runtime import Runtime, case_generator, resolve_runtime, worker_devices
-from .sampling import sample
-from .schedule import NoiseSchedule
-from .sequences import CANONICAL_ORDER, MRISequence, condition_order
-from .throughput import BackgroundWriter, OrderedRecorder, Throughput, WorkerEvents, prefetched, run_workers
-from .volumes import (
+from ..cases.discovery import Case
+from ..cases.volumes import (
     POSTPROCESSES,
     NetworkLayout,
     Volume,
@@ -81,8 +62,27 @@ from .volumes import (
     same_grid,
     write_volume_atomic,
 )
-from .wavelets import build_condition, decode
-from .weights import WeightsDir
+from ..config import PostprocessName, RunParameters, SamplerName
+from ..errors import (
+    CaseError,
+    CheckpointError,
+    ConfigError,
+    CwdmError,
+    DeviceMemoryError,
+    GeometryError,
+    Interrupted,
+    VolumeReadError,
+)
+from ..method.denoiser import Denoiser
+from ..method.sampling import sample
+from ..method.schedule import NoiseSchedule
+from ..method.wavelets import build_condition, decode
+from ..runtime import Runtime, case_generator, resolve_runtime, worker_devices
+from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
+from ..weights.checkpoints import load_denoiser
+from ..weights.folder import WeightsDir
+from .fastpath import FastDenoiser, FastPathOptions, ensure_writable_caches, prepare_denoiser
+from .throughput import BackgroundWriter, OrderedRecorder, Throughput, WorkerEvents, prefetched, run_workers
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class RunReport:
         return 0 if expected and all(result.ok for result in expected) else 1
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__  # at call time: the package is fully imported by then
+        from .. import __version__  # at call time: the package is fully imported by then
 
         return {
             "cwdm_version": __version__,
@@ -421,7 +421,7 @@ class Synthesizer:
 
         A target without a usable checkpoint does not stop the others: it is recorded in
         :attr:`unavailable`, and its cases fail with the reason. Unset or unwritable compiler caches
-        are pointed at temporary folders first (:func:`cwdm.fastpath.ensure_writable_caches`). With
+        are pointed at temporary folders first (:func:`cwdm.inference.fastpath.ensure_writable_caches`). With
         several GPUs the models are loaded here on the CPU (to check them) and again by each worker.
 
         Args:
@@ -491,7 +491,7 @@ class Synthesizer:
         """Synthesise the missing sequence of every case into ``out_dir``.
 
         Args:
-            cases: From :func:`cwdm.cases.discover_cases`.
+            cases: From :func:`cwdm.cases.discovery.discover_cases`.
             out_dir: The output folder (created if needed); it must not lie inside the data folder.
             on_case: Called with each case's :class:`CaseResult` as soon as it is known.
             on_step: Called after every sampling step, see :data:`StepCallback`.
@@ -848,7 +848,7 @@ class Synthesizer:
         return tuple(notes)
 
     def _network(self, denoiser: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
-        """The denoiser's fast-path call (:mod:`cwdm.fastpath`), prepared once per model: autocast
+        """The denoiser's fast-path call (:mod:`cwdm.inference.fastpath`), prepared once per model: autocast
         around the network only (the sampler stays float32), inference mode, float32 output."""
         fast = self._fast.get(denoiser)
         if fast is None:
@@ -940,7 +940,7 @@ def _run_shard(
     batches: Iterable[tuple[MRISequence, Sequence[Case]]],
     events: WorkerEvents,
 ) -> None:
-    """The work of one worker process (see :func:`cwdm.throughput.run_workers`)."""
+    """The work of one worker process (see :func:`cwdm.inference.throughput.run_workers`)."""
     factory(device)._process_local(batches, out_dir, events.record, events.on_step)
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CwdmError
-from .sequences import MRISequence
-from .volumes import PARTIAL_PREFIX, PARTIAL_SUFFIX
+from ..cases.volumes import PARTIAL_PREFIX, PARTIAL_SUFFIX
+from ..errors import CwdmError
+from ..sequences import MRISequence
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Image similarity of synthesised sequences against the ground truth: MSE, PSNR and SSIM.
 
 The protocol follows the cWDM paper: the ground truth is normalised exactly as in training
-(:func:`cwdm.volumes.normalise`: 0.1/99.9 percentile clip, min-max scaled to [0, 1]); a prediction is
+(:func:`cwdm.cases.volumes.normalise`: 0.1/99.9 percentile clip, min-max scaled to [0, 1]); a prediction is
 scored as written (the pipeline writes it in [0, 1]). Every case is scored on two regions:
 
 - ``full``: the complete volume (the paper's Table 1);
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from .cases import Case, read_case
-from .errors import CaseError, CwdmError, ShapeError
-from .sequences import MRISequence, condition_order
-from .volumes import Volume, VolumeError, normalise, read_volume, same_grid
+from ..cases.discovery import Case, read_case
+from ..cases.volumes import Volume, VolumeError, normalise, read_volume, same_grid
+from ..errors import CaseError, CwdmError, ShapeError
+from ..sequences import MRISequence, condition_order
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def score_volumes(prediction: np.ndarray, truth: np.ndarray) -> dict[str, Scores
 
     Args:
         prediction: ``(X, Y, Z)`` predicted intensities, as written.
-        truth: ``(X, Y, Z)`` ground truth in [0, 1] (:func:`cwdm.volumes.normalise`).
+        truth: ``(X, Y, Z)`` ground truth in [0, 1] (:func:`cwdm.cases.volumes.normalise`).
 
     Returns:
         :class:`Scores` by region name, ``{"full": ..., "crop": ...}``.

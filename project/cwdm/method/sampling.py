@@ -1,8 +1,8 @@
 """Reverse diffusion: the DDPM and DDIM steps and the sampling loop.
 
 The loop composes a denoiser (any callable ``(x, t) -> x0``), a :class:`NoiseSchedule` and an optional
-x0 post-process (the published image-space clip, :func:`cwdm.wavelets.clip_coeffs`); it knows nothing of
-files or wavelets. Random numbers come only from the ``generator`` argument, in a documented order:
+x0 post-process (the published image-space clip, :func:`cwdm.method.wavelets.clip_coeffs`); it knows
+nothing of files or wavelets. Random numbers come only from the ``generator`` argument, in a documented order:
 x_T is the first standard-normal draw of shape ``(B, 8, D, H, W)``; then each DDPM step above the last
 draws one tensor of that shape, in order. DDIM draws nothing after x_T. With one generator per batch
 element instead, each element draws its own ``(1, 8, D, H, W)`` tensors in that order, so its result
@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError
 from .schedule import NoiseSchedule
 from .wavelets import NUM_BANDS, clip_coeffs
 

@@ -3,7 +3,7 @@
 The objective (REFERENCE.md section 5): x0 = scaled coefficients of the target, condition = scaled
 coefficients of the other three sequences, t uniform in 0..T-1, noise drawn in image space and wavelet
 transformed (not LLL-scaled), loss = MSE between predicted and true x0. Adam, lr 1e-5, batch 1 by
-default. Preprocessing is the inference preprocessing (:mod:`cwdm.volumes`).
+default. Preprocessing is the inference preprocessing (:mod:`cwdm.cases.volumes`).
 
 Every random draw of the loop (case order, crop position, timestep, noise) comes from one CPU
 ``torch.Generator`` whose state is saved in each checkpoint, so a resumed run continues exactly as the
@@ -34,16 +34,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .cases import Case, discover_cases
-from .checkpoints import check_state_dict, read_state_dict, write_state_dict
-from .config import ModelSpec
-from .denoiser import Denoiser
-from .errors import CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
-from .schedule import NoiseSchedule
-from .sequences import CANONICAL_ORDER, MRISequence, condition_order
-from .volumes import NetworkLayout, VolumeError, describe_grid, normalise, read_volume, same_grid
-from .wavelets import build_condition, dwt3d, encode
-from .weights import MODEL_SPEC_NAME
+from ..cases.discovery import Case, discover_cases
+from ..cases.volumes import NetworkLayout, VolumeError, describe_grid, normalise, read_volume, same_grid
+from ..config import ModelSpec
+from ..errors import CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
+from ..method.denoiser import Denoiser
+from ..method.schedule import NoiseSchedule
+from ..method.wavelets import build_condition, dwt3d, encode
+from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
+from ..weights.checkpoints import check_state_dict, read_state_dict, write_state_dict
+from ..weights.folder import MODEL_SPEC_NAME
 
 log = logging.getLogger(__name__)
 

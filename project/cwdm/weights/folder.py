@@ -25,11 +25,11 @@ from typing import Protocol
 
 import torch
 
+from ..config import ModelSpec, load_model_spec
+from ..errors import CheckpointError, CwdmError
+from ..method.denoiser import Denoiser
+from ..sequences import CANONICAL_ORDER, MRISequence
 from .checkpoints import CHECKPOINT_SUFFIXES, check_state_dict, read_state_dict
-from .config import ModelSpec, load_model_spec
-from .denoiser import Denoiser
-from .errors import CheckpointError, CwdmError
-from .sequences import CANONICAL_ORDER, MRISequence
 
 log = logging.getLogger(__name__)
 

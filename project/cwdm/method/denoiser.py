@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .config import CompileMode
-from .errors import CwdmError
-from .runtime import Runtime
+from ..config import CompileMode
+from ..errors import CwdmError
+from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .errors import ShapeError
+from ..errors import ShapeError
 
 #: Number of sub-bands of a single-level 3D transform.
 NUM_BANDS = 8
