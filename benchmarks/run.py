@@ -51,18 +51,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import cwdm
-from cwdm.cases.volumes import NetworkLayout, normalise, read_volume
+from cwdm.cases.discovery import read_case
 from cwdm.config import ModelSpec, RunParameters
+from cwdm.inference.casework import prepare_case
 from cwdm.inference.fastpath import FastPathOptions, prepare_denoiser
 from cwdm.method.denoiser import Denoiser, DenoiserConfig
 from cwdm.runtime import Runtime
-from cwdm.sequences import condition_order
 from cwdm.weights.folder import WeightsDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,14 +134,11 @@ def psnr(a: Tensor, b: Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def example_condition(case: Path, multiple: int = 32) -> Tensor:
+def example_condition(case_dir: Path, multiple: int = 32) -> Tensor:
     """The wavelet condition of an example case, preprocessed as the pipeline does: ``(1, 24, ...)``."""
-    present = {path.name.rsplit("-", 1)[1].split(".")[0]: path for path in case.glob("*.nii.gz")}
-    target = next(seq for seq in ("t1n", "t1c", "t2w", "t2f") if seq not in present)
-    volumes = [read_volume(present[str(seq)]) for seq in condition_order(target)]
-    layout = NetworkLayout.for_shape(volumes[0].shape, multiple)
-    stacked = np.stack([layout.to_network(normalise(volume.data)) for volume in volumes])
-    return cwdm.build_condition(torch.from_numpy(stacked)[None])
+    case = read_case(case_dir)
+    prepared = prepare_case(case, case.target(), case_dir.parent, multiple, "brain_mask")
+    return cwdm.build_condition(torch.from_numpy(prepared.cond)[None])
 
 
 def machine() -> dict[str, Any]:
@@ -417,8 +413,7 @@ def _gpu_model(args: argparse.Namespace, config: DenoiserConfig) -> tuple[Denois
     if args.weights is None:
         return random_denoiser(config), "random (PyTorch default initialisation)"
     weights = WeightsDir.open(args.weights)
-    path = weights.checkpoint(args.target)
-    return cwdm.load_denoiser(path, weights.spec.denoiser_config()), str(path)
+    return weights.load(args.target), str(weights.checkpoint(args.target))
 
 
 def _time_variant(
@@ -434,6 +429,7 @@ def _time_variant(
     acc.free()
     acc.reset_peak()
     model = copy.deepcopy(base).to(runtime.device)
+    torch.backends.cudnn.benchmark = options.cudnn_benchmark  # a process-wide setting, per variant here
     fast = prepare_denoiser(model, runtime, options)
     precision = ieee_fp32() if ieee else contextlib.nullcontext()
     with precision:

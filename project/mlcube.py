@@ -28,17 +28,21 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cwdm.cases.discovery import discover_cases
+from cwdm.cases.discovery import Case
 from cwdm.config import load_run_parameters
 from cwdm.errors import CheckpointError, CwdmError, Interrupted
-from cwdm.inference.synthesizer import RunReport, Synthesizer, check_report_path, needed_targets, save_report
+from cwdm.inference.report import RunReport, check_report_path
+from cwdm.inference.run import run_folder
+from cwdm.inference.synthesizer import Synthesizer
+from cwdm.runtime import configure_process
 from cwdm.signals import stop_on_signals
-from cwdm.weights.checkpoints import CHECKPOINT_SUFFIXES
+from cwdm.weights.folder import WeightsDir
 
 #: Environment variable naming the weights baked into the image (set by the Dockerfile).
 DEFAULT_WEIGHTS_ENV = "CWDM_DEFAULT_WEIGHTS"
@@ -49,25 +53,16 @@ log = logging.getLogger("cwdm.mlcube")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def holds_checkpoint(folder: Path) -> bool:
-    """Whether ``folder`` is a directory with at least one checkpoint file (.pt, .pth, .safetensors)."""
-    if not folder.is_dir():
-        return False
-    return any(
-        path.suffix in CHECKPOINT_SUFFIXES and not path.name.startswith(".") for path in folder.iterdir()
-    )
-
-
 def choose_weights(given: Path) -> Path:
     """The weights directory to use: ``given``, or ``$CWDM_DEFAULT_WEIGHTS`` when ``given`` has no checkpoint.
 
     Raises:
         CheckpointError: neither ``given`` nor the default holds a checkpoint.
     """
-    if holds_checkpoint(given):
+    if WeightsDir.holds_checkpoints(given):
         return given
     fallback = os.environ.get(DEFAULT_WEIGHTS_ENV)
-    if not fallback or not holds_checkpoint(Path(fallback)):
+    if not fallback or not WeightsDir.holds_checkpoints(Path(fallback)):
         raise CheckpointError(
             f"the weights folder {given} holds no checkpoint, and the image's default weights "
             f"({DEFAULT_WEIGHTS_ENV}={fallback or '(unset)'}) hold none either: put one checkpoint per "
@@ -95,6 +90,16 @@ def _setup_logging(log_file: Path | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
         force=True,
+    )
+
+
+def _log_ready(synth: Synthesizer, cases: Sequence[Case]) -> None:
+    log.info(
+        "%d case folders; %s; %s %d steps",
+        len(cases),
+        synth.runtime.describe(),
+        synth.settings.sampler,
+        synth.settings.steps,
     )
 
 
@@ -161,26 +166,24 @@ def infer(
     try:
         with stop_on_signals():  # SIGTERM (docker stop, MedPerf) or SIGINT: stop cleanly, then report
             params = load_run_parameters(Path(parameters_file))
-            cases = discover_cases(Path(data_path))
-            synth = Synthesizer.from_weights(choose_weights(Path(weights)), params, needed_targets(cases))
-            log.info(
-                "%d case folders; %s; %s %d steps",
-                len(cases),
-                synth.runtime.describe(),
-                synth.settings.sampler,
-                synth.settings.steps,
+            configure_process(cudnn_benchmark=params.fast_path)
+            run = run_folder(
+                Path(data_path),
+                out_dir,
+                choose_weights(Path(weights)),
+                params,
+                report_file,
+                on_ready=_log_ready,
+                on_step=_log_steps,  # the pipeline logs each case
             )
-            report = synth.run(cases, out_dir, on_step=_log_steps)  # the pipeline logs each case
     except CwdmError as exc:
         log.error("%s", exc)
         raise typer.Exit(2) from exc
     except Interrupted as exc:
-        if exc.report is None:
-            log.error("stopped by %s before any case ran", exc.signal_name)
-            raise typer.Exit(exc.exit_code) from None
-        report = exc.report  # type: ignore[assignment]
-    _log_summary(report, save_report(report, report_file))
-    raise typer.Exit(report.exit_code)
+        log.error("stopped by %s before any case ran", exc.signal_name)
+        raise typer.Exit(exc.exit_code) from None
+    _log_summary(run.report, run.report_file)
+    raise typer.Exit(run.report.exit_code)
 
 
 @app.command("hotfix")

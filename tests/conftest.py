@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from cwdm.config import ModelSpec
-from cwdm.inference.fastpath import CACHE_VARIABLES
 from cwdm.method.denoiser import Denoiser, DenoiserConfig
+from cwdm.runtime import CACHE_VARIABLES
 from cwdm.sequences import CANONICAL_ORDER
 from cwdm.weights.checkpoints import write_state_dict
 
@@ -145,7 +145,7 @@ def tree_checksums(root: Path) -> dict[str, str]:
 
 @pytest.fixture(autouse=True, scope="session")
 def _compiler_caches_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Synthesizer.from_weights points unset compiler caches at temporary folders (cwdm.inference.fastpath);
+    """The commands point unset compiler caches at temporary folders (cwdm.runtime.configure_process);
     during the tests those go under pytest's temporary folder, and the environment is restored after.
     (The general caches under $HOME are left alone while $HOME is writable, as in these tests.)"""
     names = list(CACHE_VARIABLES)

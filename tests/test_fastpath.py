@@ -1,5 +1,5 @@
-"""fastpath.py: the prepared denoiser call against eager float32, option resolution, cache folders,
-and the torch.compile / CUDA-graph fallbacks (emulated on the CPU; the real ones are `gpu` tests).
+"""fastpath.py: the prepared denoiser call against eager float32, option resolution, and the
+torch.compile / CUDA-graph fallbacks (emulated on the CPU; the real ones are `gpu` tests).
 
 Oracle: the same module called eagerly in float32 under ``torch.no_grad()`` on the same input.
 """
@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +16,7 @@ from torch import Tensor, nn
 
 import cwdm.inference.fastpath as fastpath
 from cwdm.errors import ShapeError
-from cwdm.inference.fastpath import (
-    CACHE_VARIABLES,
-    CPU_CHANNELS_LAST,
-    GPU_CHANNELS_LAST,
-    HOME_CACHE_VARIABLES,
-    FastPathOptions,
-    ensure_writable_caches,
-    prepare_denoiser,
-)
+from cwdm.inference.fastpath import CPU_CHANNELS_LAST, GPU_CHANNELS_LAST, FastPathOptions, prepare_denoiser
 from cwdm.method.denoiser import Denoiser
 from cwdm.runtime import Runtime
 
@@ -156,81 +142,6 @@ def test_fast_path_off_is_the_eager_reference() -> None:
     assert "ignored" in options.notes[0]
 
 
-# -- caches ----------------------------------------------------------------------------------------------
-
-
-def test_unset_and_unwritable_caches_get_temporary_folders(tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    keep = tmp_path / "keep"
-    env = {
-        "TORCHINDUCTOR_CACHE_DIR": str(keep),
-        "TRITON_CACHE_DIR": str(blocker / "sub"),
-        "HOME": "/nonexistent",
-    }
-    changed = ensure_writable_caches(env, root=tmp_path / "root")
-    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(keep) and keep.is_dir()  # set and creatable: kept
-    every = CACHE_VARIABLES | HOME_CACHE_VARIABLES  # HOME is unwritable: the general caches move too
-    assert set(changed) == set(every) - {"TORCHINDUCTOR_CACHE_DIR"}
-    for name, value in changed.items():
-        assert env[name] == value == str(tmp_path / "root" / every[name])
-        assert Path(value).is_dir() and os.access(value, os.W_OK)
-    assert env["HOME"] == "/nonexistent"  # HOME itself is not ours to change
-    assert ensure_writable_caches(env, root=tmp_path / "other") == {}  # idempotent
-
-
-def test_general_caches_keep_their_places_under_a_writable_home(tmp_path: Path) -> None:
-    env = {"HOME": str(tmp_path)}
-    changed = ensure_writable_caches(env, root=tmp_path / "root")
-    assert set(changed) == set(CACHE_VARIABLES)
-    assert not set(HOME_CACHE_VARIABLES) & set(env)
-
-
-def _as_stranger(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run Python as uid/gid 12345 (unknown to the passwd file), as MedPerf runs the container."""
-    command = ["setpriv", "--reuid=12345", "--regid=12345", "--clear-groups", sys.executable, "-c", code]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-
-
-_STRANGER = pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(), reason="needs root and setpriv"
-)
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A temporary folder every user can reach (pytest's own lies under a root-only folder)."""
-    folder = Path(tempfile.mkdtemp(prefix="cwdm-test-"))
-    folder.chmod(0o777)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _stranger_env(tmp: Path) -> dict[str, str]:
-    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "TMPDIR": str(tmp)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    return env
-
-
-@_STRANGER
-def test_caches_are_writable_for_an_unknown_user_with_an_unwritable_home(shared_tmp: Path) -> None:
-    code = (
-        "import os, cwdm.inference.fastpath as f\n"
-        "f.ensure_writable_caches()\n"
-        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
-        "assert cache_dir() == os.environ['TORCHINDUCTOR_CACHE_DIR']\n"
-        "for name in f.CACHE_VARIABLES | f.HOME_CACHE_VARIABLES:\n"
-        "    open(os.path.join(os.environ[name], 'probe'), 'w').close()\n"
-        "    print(name, os.environ[name])\n"
-    )
-    done = _as_stranger(code, _stranger_env(shared_tmp))
-    assert done.returncode == 0, done.stderr
-    root = shared_tmp / "cwdm-cache-12345"
-    every = CACHE_VARIABLES | HOME_CACHE_VARIABLES
-    assert done.stdout.split("\n")[:-1] == [f"{k} {root / v}" for k, v in every.items()]
-    assert root.stat().st_uid == 12345 and (root.stat().st_mode & 0o777) == 0o700
-
-
 # -- torch.compile fallback ------------------------------------------------------------------------------
 
 
@@ -255,7 +166,6 @@ def _compiled_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> _Brok
 def test_failed_compilation_falls_back_to_eager_for_good(
     tiny_denoiser: Denoiser, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(fastpath, "ensure_writable_caches", lambda: {})
     broken = _compiled_with(monkeypatch, RuntimeError("no C compiler"))
     x, t = _inputs()
     expected = _eager_fp32(tiny_denoiser, x, t)
@@ -271,7 +181,6 @@ def test_failed_compilation_falls_back_to_eager_for_good(
 def test_input_and_memory_errors_are_not_compile_failures(
     tiny_denoiser: Denoiser, monkeypatch: pytest.MonkeyPatch, exc: Exception
 ) -> None:
-    monkeypatch.setattr(fastpath, "ensure_writable_caches", lambda: {})
     _compiled_with(monkeypatch, exc)
     fast = prepare_denoiser(tiny_denoiser, CPU_FP32, FastPathOptions(compile=True))
     with pytest.raises(type(exc)):
@@ -282,14 +191,13 @@ def test_compile_is_given_the_mode_and_fixed_shapes(
     tiny_denoiser: Denoiser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[dict] = []
-    monkeypatch.setattr(fastpath, "ensure_writable_caches", lambda: calls.append({"caches": True}) or {})
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: calls.append(kwargs) or module)
     fast = prepare_denoiser(
         tiny_denoiser, CPU_FP32, FastPathOptions(compile=True, compile_mode="max-autotune")
     )
     x, t = _inputs()
     assert torch.equal(fast(x, t), _eager_fp32(tiny_denoiser, x, t))
-    assert calls == [{"caches": True}, {"mode": "max-autotune", "dynamic": False}]
+    assert calls == [{"mode": "max-autotune", "dynamic": False}]
 
 
 @pytest.mark.slow

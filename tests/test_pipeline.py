@@ -19,17 +19,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from cwdm.cases.discovery import discover_cases
-from cwdm.config import RunParameters
+from cwdm.cases.discovery import discover_cases, needed_targets
+from cwdm.config import RunParameters, SamplingSettings
 from cwdm.errors import CheckpointError, ConfigError
-from cwdm.inference.synthesizer import (
-    RunReport,
-    SamplingSettings,
-    Synthesizer,
-    check_report_path,
-    needed_targets,
-    write_report,
-)
+from cwdm.inference.report import RunReport, check_report_path, write_report
+from cwdm.inference.synthesizer import Synthesizer
 from cwdm.method.denoiser import DenoiserConfig
 from cwdm.method.schedule import NoiseSchedule
 from cwdm.runtime import Runtime

@@ -1,17 +1,29 @@
-"""runtime.py: device and precision resolution, autocast scope, per-case generators."""
+"""runtime.py: device and precision resolution, autocast scope, per-case generators, and the process-wide
+settings (cache folders, cuDNN autotuning)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
 from cwdm.errors import ConfigError
 from cwdm.runtime import (
+    CACHE_VARIABLES,
+    HOME_CACHE_VARIABLES,
     Runtime,
     case_generator,
     case_seed,
+    configure_process,
+    ensure_writable_caches,
     resolve_device,
     resolve_precision,
     resolve_runtime,
@@ -126,3 +138,90 @@ def test_real_gpu_runtime() -> None:  # pragma: no cover - runs only where a GPU
     with runtime.autocast():
         out = torch.ones(2, 4, device=runtime.device) @ torch.ones(4, 4, device=runtime.device)
     assert out.dtype == (runtime.autocast_dtype or torch.float32)
+
+
+# -- caches ----------------------------------------------------------------------------------------------
+
+
+def test_unset_and_unwritable_caches_get_temporary_folders(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    keep = tmp_path / "keep"
+    env = {
+        "TORCHINDUCTOR_CACHE_DIR": str(keep),
+        "TRITON_CACHE_DIR": str(blocker / "sub"),
+        "HOME": "/nonexistent",
+    }
+    changed = ensure_writable_caches(env, root=tmp_path / "root")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(keep) and keep.is_dir()  # set and creatable: kept
+    every = CACHE_VARIABLES | HOME_CACHE_VARIABLES  # HOME is unwritable: the general caches move too
+    assert set(changed) == set(every) - {"TORCHINDUCTOR_CACHE_DIR"}
+    for name, value in changed.items():
+        assert env[name] == value == str(tmp_path / "root" / every[name])
+        assert Path(value).is_dir() and os.access(value, os.W_OK)
+    assert env["HOME"] == "/nonexistent"  # HOME itself is not ours to change
+    assert ensure_writable_caches(env, root=tmp_path / "other") == {}  # idempotent
+
+
+def test_general_caches_keep_their_places_under_a_writable_home(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path)}
+    changed = ensure_writable_caches(env, root=tmp_path / "root")
+    assert set(changed) == set(CACHE_VARIABLES)
+    assert not set(HOME_CACHE_VARIABLES) & set(env)
+
+
+def _as_stranger(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run Python as uid/gid 12345 (unknown to the passwd file), as MedPerf runs the container."""
+    command = ["setpriv", "--reuid=12345", "--regid=12345", "--clear-groups", sys.executable, "-c", code]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+_STRANGER = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(), reason="needs root and setpriv"
+)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary folder every user can reach (pytest's own lies under a root-only folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="cwdm-test-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stranger_env(tmp: Path) -> dict[str, str]:
+    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "TMPDIR": str(tmp)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
+
+
+@_STRANGER
+def test_caches_are_writable_for_an_unknown_user_with_an_unwritable_home(shared_tmp: Path) -> None:
+    code = (
+        "import os, cwdm.runtime as f\n"
+        "f.ensure_writable_caches()\n"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+        "assert cache_dir() == os.environ['TORCHINDUCTOR_CACHE_DIR']\n"
+        "for name in f.CACHE_VARIABLES | f.HOME_CACHE_VARIABLES:\n"
+        "    open(os.path.join(os.environ[name], 'probe'), 'w').close()\n"
+        "    print(name, os.environ[name])\n"
+    )
+    done = _as_stranger(code, _stranger_env(shared_tmp))
+    assert done.returncode == 0, done.stderr
+    root = shared_tmp / "cwdm-cache-12345"
+    every = CACHE_VARIABLES | HOME_CACHE_VARIABLES
+    assert done.stdout.split("\n")[:-1] == [f"{k} {root / v}" for k, v in every.items()]
+    assert root.stat().st_uid == 12345 and (root.stat().st_mode & 0o777) == 0o700
+
+
+def test_configure_process_turns_on_cudnn_autotuning_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in CACHE_VARIABLES:
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert configure_process(cudnn_benchmark=False) == {}  # every cache already set and writable
+    assert torch.backends.cudnn.benchmark is False
+    configure_process(cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is True

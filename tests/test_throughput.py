@@ -22,10 +22,12 @@ import pytest
 import torch
 from torch import Tensor
 
-import cwdm.inference.synthesizer as pipeline
+import cwdm.cases.reader as reader
+import cwdm.inference.casework as casework
 from cwdm.cases.discovery import discover_cases
 from cwdm.config import RunParameters
-from cwdm.inference.synthesizer import CaseResult, Synthesizer
+from cwdm.inference.report import CaseResult, RunReport
+from cwdm.inference.synthesizer import Synthesizer
 from cwdm.inference.throughput import BackgroundWriter, OrderedRecorder, Throughput, prefetched
 from cwdm.method.schedule import NoiseSchedule
 from cwdm.runtime import Runtime, worker_devices
@@ -231,8 +233,8 @@ def test_reads_and_writes_happen_on_the_background_threads(
 
         return call
 
-    monkeypatch.setattr(pipeline, "read_volume", spy("read", pipeline.read_volume))
-    monkeypatch.setattr(pipeline, "write_volume_atomic", spy("write", pipeline.write_volume_atomic))
+    monkeypatch.setattr(reader, "read_volume", spy("read", reader.read_volume))
+    monkeypatch.setattr(casework, "write_volume_atomic", spy("write", casework.write_volume_atomic))
     report, _ = _run(data, tmp_path / "out", THREADED, {MRISequence.T2F: CopyCondition()})
     assert report.exit_code == 0
     assert threads["write"] and all(name.startswith("cwdm-writer") for name in threads["write"])
@@ -271,14 +273,14 @@ def test_the_next_case_is_read_and_the_last_one_written_while_sampling(
     for number in (1, 2, 3):
         write_case(data, f"BraTS-GLI-0000{number}-000", missing="t2f", seed=number)
     read: set[str] = set()
-    original = pipeline.read_volume
+    original = reader.read_volume
 
     def spy(path: Path):  # type: ignore[no-untyped-def]
         volume = original(path)
         read.add(Path(path).name.split("-t")[0])
         return volume
 
-    monkeypatch.setattr(pipeline, "read_volume", spy)
+    monkeypatch.setattr(reader, "read_volume", spy)
     model = _WaitFor(
         {
             1: lambda: "BraTS-GLI-00002-000" in read,  # case 2 is read while case 1 samples
@@ -412,7 +414,7 @@ def test_sharded_run_matches_the_single_process_run(
     )
 
 
-def _ids(report: pipeline.RunReport, target: str) -> set[str]:
+def _ids(report: RunReport, target: str) -> set[str]:
     return {r.case_id for r in report.cases if r.target is not None and str(r.target) == target}
 
 

@@ -122,7 +122,9 @@ def test_a_case_on_two_grids_or_with_a_corrupt_file_is_named(train_dir):
     with pytest.raises(GeometryError, match=rf"{case}: t2w grid differs from t1n"):
         data[1]
     (train_dir / case / f"{case}-t1c.nii.gz").write_bytes(b"corrupt")
-    with pytest.raises(VolumeReadError, match=rf"{case}: cannot read"):
+    with pytest.raises(
+        VolumeReadError, match=rf"{case}: cannot use the t1c volume {case}-t1c.nii.gz: cannot read"
+    ):
         data[1]
 
 

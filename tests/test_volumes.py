@@ -12,19 +12,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cwdm.atomic import remove_partial_files
 from cwdm.cases import volumes
-from cwdm.cases.volumes import (
+from cwdm.cases.preprocessing import (
     BRATS_SHAPE,
     NetworkLayout,
-    VolumeError,
     brain_mask_postprocess,
     normalise,
-    read_volume,
-    remove_partial_files,
-    same_grid,
     threshold_postprocess,
-    write_volume_atomic,
 )
+from cwdm.cases.volumes import VolumeError, read_volume, same_grid, write_volume_atomic
 
 from .conftest import AFFINE, EXAMPLES_DIR, smooth_blobs, write_volume
 

@@ -17,14 +17,8 @@ from cwdm import CheckpointError, ConfigError, CwdmError, Denoiser, DenoiserConf
 from cwdm.cli import app
 from cwdm.config import ModelSpec
 from cwdm.sequences import MRISequence
-from cwdm.weights.folder import (
-    FETCH_RECORD_NAME,
-    HuggingFaceHub,
-    WeightsDir,
-    check_weights,
-    fetch_weights,
-    select_checkpoints,
-)
+from cwdm.weights.folder import WeightsDir, check_weights
+from cwdm.weights.hub import FETCH_RECORD_NAME, HuggingFaceHub, fetch_weights, select_checkpoints
 
 from .conftest import TINY, randomised
 
@@ -267,7 +261,7 @@ def test_cli_weights_fetch_uses_the_hub_and_reports(tmp_path, monkeypatch):
     dest.mkdir()
     (dest / "model.yaml").write_text(TINY_SPEC.to_yaml())
     hub = FakeHub(tmp_path, REPO_PATHS)
-    monkeypatch.setattr("cwdm.weights.folder.HuggingFaceHub", lambda: hub)
+    monkeypatch.setattr("cwdm.weights.hub.HuggingFaceHub", lambda: hub)
     result = CliRunner().invoke(app, ["weights", "fetch", str(dest), "--revision", "abc123"])
     assert result.exit_code == 0, result.output
     assert hub.calls[0] == ("list", "pfriedri/cwdm", "abc123")

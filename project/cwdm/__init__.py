@@ -5,7 +5,7 @@ The public, stable API is listed in ``__all__``; see README.md for a runnable ex
 
 from __future__ import annotations
 
-from .cases.discovery import Case, discover_cases
+from .cases.discovery import Case, discover_cases, needed_targets
 from .config import RunParameters, load_run_parameters
 from .errors import (
     CaseError,
@@ -19,7 +19,8 @@ from .errors import (
     VolumeReadError,
 )
 from .inference.fastpath import FastPathOptions, prepare_denoiser
-from .inference.synthesizer import CaseResult, RunReport, Synthesizer, needed_targets, write_report
+from .inference.report import CaseResult, RunReport, write_report
+from .inference.synthesizer import Synthesizer
 from .inference.throughput import Throughput
 from .method.denoiser import Denoiser, DenoiserConfig
 from .method.sampling import sample

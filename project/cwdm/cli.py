@@ -17,7 +17,11 @@ from rich.table import Table
 from .errors import CwdmError
 
 if TYPE_CHECKING:
-    from .inference.synthesizer import CaseResult, RunReport
+    from collections.abc import Sequence
+
+    from .cases.discovery import Case
+    from .inference.report import CaseResult, RunReport
+    from .inference.synthesizer import Synthesizer
 
 app = typer.Typer(
     name="cwdm",
@@ -73,33 +77,37 @@ def infer(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Synthesise the missing sequence of every case in DATA into OUT (a rerun skips finished cases)."""
-    from .cases.discovery import discover_cases
     from .config import load_run_parameters, override_run_parameters
     from .errors import Interrupted
-    from .inference.synthesizer import Synthesizer, check_report_path, needed_targets, save_report
+    from .inference.run import run_folder
+    from .runtime import configure_process
     from .signals import stop_on_signals
 
     console = _setup_rich_logging(verbose)
     options = {"sampling_steps": steps, "sampler": sampler, "seed": seed, "device": device}
     options |= {"precision": precision, "batch_size": batch_size, "postprocess": postprocess}
-    report_path = report or out.with_name(f"{out.name}-report.json")
+    progress = _InferProgress(console)
     try:
-        with stop_on_signals():  # SIGINT/SIGTERM: stop cleanly, then report what was done
+        with stop_on_signals(), progress:  # SIGINT/SIGTERM: stop cleanly, then report what was done
             params = override_run_parameters(load_run_parameters(parameters), options)
-            check_report_path(report_path, out)
-            cases = discover_cases(data)
-            synth = Synthesizer.from_weights(weights, params, needed_targets(cases))
-            with _InferProgress(console, len(cases), synth.settings.steps) as progress:
-                result = synth.run(cases, out, on_case=progress.case_done, on_step=progress.step)
+            configure_process(cudnn_benchmark=params.fast_path)
+            run = run_folder(
+                data,
+                out,
+                weights,
+                params,
+                report or out.with_name(f"{out.name}-report.json"),
+                on_ready=progress.start,
+                on_case=progress.case_done,
+                on_step=progress.step,
+            )
     except CwdmError as exc:
         raise _fail(exc) from exc
     except Interrupted as exc:
-        if exc.report is None:
-            typer.secho(f"stopped by {exc.signal_name} before any case ran", err=True, fg=typer.colors.RED)
-            raise typer.Exit(exc.exit_code) from None
-        result = exc.report  # type: ignore[assignment]
-    _render_summary(result, save_report(result, report_path))
-    raise typer.Exit(result.exit_code)
+        typer.secho(f"stopped by {exc.signal_name} before any case ran", err=True, fg=typer.colors.RED)
+        raise typer.Exit(exc.exit_code) from None
+    _render_summary(run.report, run.report_file)
+    raise typer.Exit(run.report.exit_code)
 
 
 def _setup_rich_logging(verbose: bool) -> Console:
@@ -117,7 +125,7 @@ def _setup_rich_logging(verbose: bool) -> Console:
 class _InferProgress:
     """The progress bars of ``cwdm infer``: cases done, and sampling steps of the current batch."""
 
-    def __init__(self, console: Console, n_cases: int, n_steps: int) -> None:
+    def __init__(self, console: Console) -> None:
         self.bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -125,8 +133,8 @@ class _InferProgress:
             TimeElapsedColumn(),
             console=console,
         )
-        self.cases = self.bars.add_task("cases", total=n_cases)
-        self.steps = self.bars.add_task("sampling", total=n_steps, visible=False)
+        self.cases = self.bars.add_task("cases", total=None, visible=False)
+        self.steps = self.bars.add_task("sampling", total=None, visible=False)
 
     def __enter__(self) -> _InferProgress:
         self.bars.__enter__()
@@ -134,6 +142,10 @@ class _InferProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.bars.__exit__(*exc)  # type: ignore[arg-type]
+
+    def start(self, synth: Synthesizer, cases: Sequence[Case]) -> None:
+        self.bars.update(self.cases, total=len(cases), visible=True)
+        self.bars.update(self.steps, total=synth.settings.steps)
 
     def case_done(self, result: CaseResult) -> None:
         del result  # each case's outcome and timing is logged by the pipeline
@@ -224,16 +236,21 @@ def train(
 ) -> None:
     """Train one target's denoiser; multi-GPU with ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
     from .config import ModelSpec
+    from .runtime import configure_process
     from .signals import stop_requested_on_signals
-    from .training.distributed import make_trainer
-    from .training.trainer import StepReport, TrainingCases, TrainingConfig
+    from .training.run import train_folder
+    from .training.trainer import StepReport, TrainingConfig
 
     _setup_logging(verbose)
+
+    def report(r: StepReport) -> None:
+        log.info("step %d  loss %.5f  %.2f it/s", r.step, r.loss, r.steps_per_s)
+
     try:
         spec = ModelSpec.model_validate(
             {
                 "model_channels": model_channels,
-                "channel_mult": [int(m) for m in channel_mult.split(",")],
+                "channel_mult": _integers(channel_mult),
                 "num_res_blocks": num_res_blocks,
                 "num_groups": num_groups,
                 "sampling_steps": sampling_steps,
@@ -246,43 +263,53 @@ def train(
             iterations=iterations,
             lr=lr,
             batch_size=batch_size,
-            crop_size=tuple(int(c) for c in crop.split(",")) if crop else None,  # type: ignore[arg-type]
+            crop_size=tuple(_integers(crop)) if crop else None,  # type: ignore[arg-type]
             ema_rate=ema_rate,
             save_every=save_every,
             log_every=log_every,
             seed=seed,
             precision=precision,
         )
-        data_set = TrainingCases.from_folder(
-            data, 2 * spec.denoiser_config().size_multiple, cache_bytes=int(cache_gb * 1e9)
-        )
-        trainer = make_trainer(config, data_set, out, weights_dir)
-        if resume and (latest := trainer.latest_checkpoint()) is not None:
-            trainer.load_checkpoint(latest)
-            log.info("resumed from %s at step %d", latest, trainer.step)
-        elif init_weights is not None:
-            trainer.load_weights(init_weights)
-            log.info("starting from the weights in %s", init_weights)
-        log.info("training %s on %d cases, %s", config.target, len(data_set), trainer.device)
-
-        def report(r: StepReport) -> None:
-            log.info("step %d  loss %.5f  %.2f it/s", r.step, r.loss, r.steps_per_s)
-
+        configure_process(cudnn_benchmark=False)
         # SIGINT/SIGTERM: finish the step, checkpoint it, exit 128 + signal; the same command resumes.
         with stop_requested_on_signals() as stop:
-            path = trainer.run(on_log=report, should_stop=stop.is_set)
+            trainer = train_folder(
+                data,
+                out,
+                config,
+                weights_dir=weights_dir,
+                resume=resume,
+                init_weights=init_weights,
+                cache_bytes=int(cache_gb * 1e9),
+                on_log=report,
+                should_stop=stop.is_set,
+            )
     except CwdmError as exc:
         raise _fail(exc) from exc
     if trainer.step < config.iterations:
         signum = stop.signal_number or signal.SIGTERM  # another rank's signal stopped this one
         typer.secho(
             f"stopped by {signal.Signals(signum).name} after step {trainer.step} of {config.iterations}; "
-            f"checkpoint saved, weights exported to {path}: rerun the same command to resume",
+            f"checkpoint saved, weights exported to {trainer.weights_file}: rerun the same command to resume",
             err=True,
             fg=typer.colors.YELLOW,
         )
         raise typer.Exit(128 + signum)
-    typer.echo(f"weights: {path}")
+    typer.echo(f"weights: {trainer.weights_file}")
+
+
+def _integers(text: str) -> list[int]:
+    """``"1,2,2,4,4"`` -> ``[1, 2, 2, 4, 4]``.
+
+    Raises:
+        ConfigError: an item is not an integer.
+    """
+    from .errors import ConfigError
+
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"expected comma-separated integers such as 1,2,2,4,4, got {text!r}") from exc
 
 
 @app.command()
@@ -371,7 +398,7 @@ def weights_fetch(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Download the published checkpoints (image build time only; needs the 'hub' extra), then check."""
-    from .weights.folder import fetch_weights
+    from .weights.hub import fetch_weights
 
     _setup_logging(verbose)
     try:

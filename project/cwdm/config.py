@@ -4,29 +4,36 @@ directory's architecture and sampling defaults).
 Only this module reads YAML. Field names are the YAML keys, defaults are the published configuration,
 and a bad file raises :class:`cwdm.ConfigError` naming the file, the key, the value and what is allowed,
 before any case runs. Validation uses pydantic (strict types: ``"100"`` is not an integer here).
+
+The settings of a run are merged here too, once (:meth:`SamplingSettings.resolve`): command-line
+options over ``parameters.yaml`` (:func:`override_run_parameters`) over the weights' ``model.yaml`` over
+the published configuration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
+from .cases.preprocessing import PostprocessName
 from .errors import ConfigError
 from .method.denoiser import DenoiserConfig
+from .method.sampling import SamplerName
 from .method.schedule import NoiseSchedule
 
-SamplerName = Literal["ddpm", "ddim"]
 DeviceName = Literal["auto", "cuda", "cpu"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
-PostprocessName = Literal["brain_mask", "threshold"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 #: The published number of diffusion (and sampling) steps.
 PUBLISHED_STEPS = 1000
+#: The file name of a weights directory's architecture and sampling defaults.
+MODEL_SPEC_NAME = "model.yaml"
 
 
 class _Strict(BaseModel):
@@ -195,3 +202,50 @@ def load_model_spec(path: Path) -> ModelSpec:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     return spec
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The effective sampling settings of a run: parameters.yaml over model.yaml over the published ones.
+
+    Attributes:
+        steps: Reverse-diffusion steps, respaced from the training schedule.
+        sampler: ``ddpm`` or ``ddim``.
+        seed: The run seed (each case's generator derives from it).
+        batch_size: Cases of one target sampled together.
+        postprocess: The post-processing variant.
+    """
+
+    steps: int
+    sampler: SamplerName
+    seed: int
+    batch_size: int
+    postprocess: PostprocessName
+
+    @classmethod
+    def resolve(
+        cls, params: RunParameters, spec: ModelSpec, source: Path | str = MODEL_SPEC_NAME
+    ) -> SamplingSettings:
+        """Fill the unset ``sampling_steps``/``sampler`` of ``params`` from the model's ``spec``.
+
+        Args:
+            params: The run parameters.
+            spec: The weights' ``model.yaml``.
+            source: Where ``spec`` came from, for messages.
+
+        Raises:
+            ConfigError: more sampling steps than the model's diffusion steps.
+        """
+        steps = params.sampling_steps if params.sampling_steps is not None else spec.sampling_steps
+        if steps > spec.diffusion_steps:
+            raise ConfigError(
+                f"sampling_steps {steps} exceeds the model's {spec.diffusion_steps} diffusion steps "
+                f"({source}); use at most {spec.diffusion_steps}"
+            )
+        return cls(
+            steps=steps,
+            sampler=params.sampler or spec.sampler,
+            seed=params.seed,
+            batch_size=params.batch_size,
+            postprocess=params.postprocess,
+        )

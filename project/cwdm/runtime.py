@@ -14,6 +14,12 @@ This is the only module of the package that asks whether CUDA exists. Resolution
 - Autocast covers only the network call; GroupNorm computes in float32 inside the network, and the
   sampler state stays float32 (STYLE.md section 4).
 
+Process-wide settings are made in one place, :func:`configure_process`, which the entry points call
+(``cwdm infer``, ``cwdm train``, the MLCube entry point, the benchmarks), never a library call: cuDNN
+autotuning, and compiler and driver caches (TorchInductor, Triton, the CUDA JIT cache) pointed at writable
+temporary folders when they are unset or unwritable, so that compilation works in a container run as an
+arbitrary non-root user with an unwritable home directory.
+
 Randomness: each case gets its own generator, seeded from the run seed and the case id
 (:func:`case_seed`), so that a case's output depends on neither the order of the cases nor on which
 other cases share its batch. Same seed, same case id, same device and precision -> same output.
@@ -23,8 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
+from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,6 +44,37 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: Environment variables of the caches written during compilation or kernel loading, and the folder
+#: name each gets under the temporary cache root when it is unset or not writable.
+CACHE_VARIABLES: Mapping[str, str] = {
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    "TRITON_CACHE_DIR": "triton",
+    "TRITON_HOME": "triton-home",
+    "CUDA_CACHE_PATH": "nv",
+}
+#: General caches that default to folders under ``$HOME``: redirected like the others, but only when
+#: the home folder is not writable (on a workstation they keep their usual places).
+HOME_CACHE_VARIABLES: Mapping[str, str] = {"XDG_CACHE_HOME": "xdg", "TORCH_HOME": "torch"}
+
+
+def autocast(
+    device: torch.device | str, precision: str, *, cache_enabled: bool = True
+) -> AbstractContextManager[object]:
+    """The context for a network call in ``precision``: autocast to bf16/fp16, or nothing for fp32.
+
+    GroupNorm still computes in float32 inside the network (``GroupNorm32``); everything outside the
+    block stays float32. The one autocast set-up of the package (inference, fast path and training).
+
+    Args:
+        device: Where the network runs (its type selects the autocast backend).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (an effective precision, see :func:`resolve_precision`).
+        cache_enabled: Autocast's weight-cast cache (off for CUDA-graph capture).
+    """
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 @dataclass(frozen=True)
@@ -57,10 +98,7 @@ class Runtime:
 
     def autocast(self) -> AbstractContextManager[object]:
         """A context manager for the network call: autocast in :attr:`autocast_dtype`, or nothing."""
-        dtype = self.autocast_dtype
-        if dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def release_cached_memory(self) -> None:
         """Hand the allocator's cached blocks back to the GPU (before retrying a batch that ran out of
@@ -159,3 +197,74 @@ def worker_devices(device: torch.device) -> tuple[torch.device, ...]:
         if count > 1:
             return tuple(torch.device("cuda", index) for index in range(count))
     return (device,)
+
+
+def ensure_writable_caches(
+    environ: MutableMapping[str, str] | None = None, root: Path | None = None
+) -> dict[str, str]:
+    """Point the cache variables that are unset or unwritable at writable folders.
+
+    Every variable of :data:`CACHE_VARIABLES`, and those of :data:`HOME_CACHE_VARIABLES` when ``$HOME``
+    is not a writable folder. A variable set to a folder that exists and is writable, or that can be
+    created, is left alone (the Dockerfile sets them all under ``/tmp``). The others get
+    ``<root>/<name>``, where ``root`` defaults to ``<temporary folder>/cwdm-cache-<uid>`` (created with
+    mode 0700). Idempotent.
+
+    Args:
+        environ: The environment to update (``os.environ`` by default; tests pass a dict).
+        root: Where the replacement folders go.
+
+    Returns:
+        The variables that were set, with their new values (empty when nothing changed or when no
+        writable temporary folder exists, which is logged).
+    """
+    env = os.environ if environ is None else environ
+    names = dict(CACHE_VARIABLES)
+    if not _writable_dir(env.get("HOME"), create=False):
+        names |= HOME_CACHE_VARIABLES
+    pending = [name for name in names if not _writable_dir(env.get(name))]
+    if not pending:
+        return {}
+    try:
+        base = root if root is not None else Path(tempfile.gettempdir()) / f"cwdm-cache-{os.getuid()}"
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("no writable temporary folder for the compiler caches (%s); leaving %s", exc, pending)
+        return {}
+    changed: dict[str, str] = {}
+    for name in pending:
+        folder = base / names[name]
+        if env.get(name):
+            log.warning("%s=%s is not writable; using %s", name, env[name], folder)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env[name] = changed[name] = str(folder)
+    return changed
+
+
+def _writable_dir(value: str | None, create: bool = True) -> bool:
+    """Whether ``value`` names a folder that exists and is writable, or (``create``) can be created."""
+    if not value:
+        return False
+    path = Path(value)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def configure_process(*, cudnn_benchmark: bool) -> dict[str, str]:
+    """Make the process-wide settings of a run; called once by an entry point, before the first CUDA call.
+
+    Args:
+        cudnn_benchmark: Turn on cuDNN autotuning (the GPU fast path, ``fast_path: true``); it picks the
+            fastest convolution algorithm per shape once, and matters only where cuDNN runs.
+
+    Returns:
+        The cache variables that were redirected (:func:`ensure_writable_caches`).
+    """
+    changed = ensure_writable_caches()  # the CUDA driver reads CUDA_CACHE_PATH at its first call
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    return changed

@@ -21,8 +21,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import cwdm.inference.synthesizer
-from cwdm.cases.volumes import PARTIAL_PREFIX
+import cwdm.inference.outputs
+from cwdm.atomic import PARTIAL_PREFIX
 
 from .conftest import (
     GOOD,
@@ -102,7 +102,7 @@ def test_an_output_folder_that_is_not_writable_stops_before_any_case(
     def refuse(folder: Path) -> None:
         raise PermissionError(13, "Permission denied", str(folder))
 
-    monkeypatch.setattr(cwdm.inference.synthesizer, "probe_writable", refuse)
+    monkeypatch.setattr(cwdm.inference.outputs, "probe_writable", refuse)
     run = run_infer(data, tmp_path / "out", weights)
     assert run.code == 2
     assert f"the output folder {tmp_path / 'out'} is not writable (Permission denied); nothing was run" in (

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from cwdm.cases.discovery import discover_cases
 from cwdm.config import RunParameters
-from cwdm.inference.synthesizer import RunReport, Synthesizer
+from cwdm.inference.report import RunReport
+from cwdm.inference.synthesizer import Synthesizer
 from cwdm.sequences import MRISequence
 
 from .conftest import single_thread, write_good_case

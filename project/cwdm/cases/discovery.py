@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,3 +206,9 @@ def discover_cases(data_dir: Path) -> list[Case]:
         else:
             log.info("ignored %s in the data folder: not a case folder", entry.name)
     return cases
+
+
+def needed_targets(cases: Iterable[Case]) -> list[MRISequence]:
+    """The targets of the cases that have exactly one missing sequence, in canonical order."""
+    wanted = {case.missing[0] for case in cases if case.expects_synthesis and not case.problems}
+    return [seq for seq in CANONICAL_ORDER if seq in wanted]

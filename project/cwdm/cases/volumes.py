@@ -1,12 +1,8 @@
-"""NIfTI volumes: reading, grid checks, the training preprocessing, the network crop/pad and its
-inverse, the published post-processing variants, and atomic writing.
+"""NIfTI volumes: reading, grid checks and atomic writing (the preprocessing is
+:mod:`cwdm.cases.preprocessing`'s).
 
-Preprocessing reproduces the published data loader (REFERENCE.md section 1): values as float64 (nibabel
-``get_fdata``, so scl_slope/inter apply), clipped to the 0.1 and 99.9 percentiles of the whole volume
-(background included) and min-max scaled to [0, 1]. On the BraTS grid (240 x 240 x 155) the network
-sees the published 224 x 224 x 160 layout: 8 voxels cropped from each side of the two 240 axes, the last
-axis zero-padded after index 154. Other grids are zero-padded after each axis to the next size the
-network accepts, so nothing is cropped from them (see README, "Running inference").
+Values are read as float64 (nibabel ``get_fdata``, so scl_slope/inter apply), as the published data
+loader does (REFERENCE.md section 1).
 
 What :func:`read_volume` accepts (README, "Bad inputs and faults"): NIfTI-1 or NIfTI-2, gzipped or
 not, any real data type (integers, floats) with the header's scl_slope/scl_inter applied, 3D or 4D/5D
@@ -22,34 +18,21 @@ from __future__ import annotations
 import gzip
 import os
 import stat
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import nibabel as nib
 import numpy as np
 
-#: Percentiles of the published intensity clip (as fractions for ``np.quantile``).
-CLIP_QUANTILES = (0.001, 0.999)
-#: The BraTS grid and the published crop of its 240-voxel axes (REFERENCE.md section 1).
-BRATS_SHAPE = (240, 240, 155)
-_BRATS_CROPPED_SIZE = 240
-_BRATS_MARGIN = 8
+from ..atomic import write_atomic
+
 #: Grids of two present sequences count as equal when their affines differ by less than this (mm).
 AFFINE_TOLERANCE_MM = 1e-3
-#: The challenge script's background threshold (REFERENCE.md section 6).
-THRESHOLD = 0.04
 #: The most voxels a volume may have: about 15 times the BraTS grid (8.9 million voxels). The size is
 #: checked on the header before any data is read, so that a damaged or hostile header cannot make the
 #: reader allocate terabytes (the network could not process such a grid anyway).
 MAX_VOXELS = 2**27
-#: Hidden prefix and suffix of the temporary files that atomic writes leave while in progress.
-PARTIAL_PREFIX = ".cwdm-"
-PARTIAL_SUFFIX = ".part"
-
-Postprocess = Literal["brain_mask", "threshold"]
 
 
 class VolumeError(ValueError):
@@ -196,98 +179,6 @@ def describe_grid(volume: Volume) -> str:
     return f"shape {shape}, voxel {zooms} mm"
 
 
-def normalise(data: np.ndarray) -> np.ndarray:
-    """Clip to the 0.1/99.9 percentiles and min-max scale to [0, 1], as in training.
-
-    Args:
-        data: Voxel values of one volume, any shape, float64 recommended (the published precision).
-
-    Returns:
-        float32 array in [0, 1]; a constant volume (nothing to scale) gives all zeros.
-    """
-    low, high = np.quantile(data, CLIP_QUANTILES)
-    clipped = np.clip(data, low, high)
-    span = clipped.max() - clipped.min()
-    if span <= 0:
-        return np.zeros(data.shape, dtype=np.float32)
-    return ((clipped - clipped.min()) / span).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class NetworkLayout:
-    """How a grid maps onto the network input: per axis, a crop of the input and a zero pad after.
-
-    Attributes:
-        shape: The input grid's shape.
-        crop: Per axis, voxels removed from each side (8 on the BraTS 240 axes, else 0).
-        pad: Per axis, zeros appended after the (cropped) data.
-    """
-
-    shape: tuple[int, int, int]
-    crop: tuple[int, int, int]
-    pad: tuple[int, int, int]
-
-    @classmethod
-    def for_shape(cls, shape: tuple[int, ...], multiple: int) -> NetworkLayout:
-        """The layout of ``shape`` for a network whose image-space sizes must divide by ``multiple``.
-
-        Args:
-            shape: The input grid, ``(X, Y, Z)``.
-            multiple: ``2 * DenoiserConfig.size_multiple`` (32 for the published model).
-        """
-        crop, pad = [], []
-        for size in shape:
-            cut = _BRATS_MARGIN if size == _BRATS_CROPPED_SIZE else 0
-            kept = size - 2 * cut
-            crop.append(cut if kept % multiple == 0 else 0)
-            kept = size - 2 * crop[-1]
-            pad.append(-kept % multiple)
-        return cls(shape=tuple(shape), crop=tuple(crop), pad=tuple(pad))  # type: ignore[arg-type]
-
-    @property
-    def network_shape(self) -> tuple[int, int, int]:
-        return tuple(n - 2 * c + p for n, c, p in zip(self.shape, self.crop, self.pad, strict=True))  # type: ignore[return-value]
-
-    def to_network(self, volume: np.ndarray) -> np.ndarray:
-        """Crop and pad one ``shape``-sized array to :attr:`network_shape` (zeros padded after)."""
-        cropped = volume[tuple(slice(c, n - c) for n, c in zip(self.shape, self.crop, strict=True))]
-        return np.pad(cropped, [(0, p) for p in self.pad])
-
-    def to_grid(self, volume: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_network`: drop the padding and restore the cropped margins as zeros."""
-        unpadded = volume[tuple(slice(0, n - p) for n, p in zip(volume.shape, self.pad, strict=True))]
-        return np.pad(unpadded, [(c, c) for c in self.crop])
-
-
-def brain_mask_postprocess(volume: np.ndarray, first_condition: np.ndarray) -> np.ndarray:
-    """The published evaluation post-processing: clamp to [0, 1], zero outside the brain.
-
-    Args:
-        volume: Synthesised volume (any shape).
-        first_condition: The first condition sequence after preprocessing, same shape; voxels where
-            it is exactly 0 are background (BraTS cases are skull-stripped).
-    """
-    out = np.clip(volume, 0.0, 1.0)
-    out[first_condition == 0] = 0.0
-    return out
-
-
-def threshold_postprocess(volume: np.ndarray, first_condition: np.ndarray) -> np.ndarray:
-    """The published challenge-container post-processing: values <= 0.04 set to 0.
-
-    The top is clamped at 1, which only changes float rounding: the sampler's last step already
-    clips x0 to [0, 1] in image space. ``first_condition`` is unused (kept for a common signature).
-    """
-    del first_condition
-    out = np.minimum(volume, 1.0)
-    out[out <= THRESHOLD] = 0.0
-    return out
-
-
-#: The post-processing variants by their parameters.yaml name.
-POSTPROCESSES = {"brain_mask": brain_mask_postprocess, "threshold": threshold_postprocess}
-
-
 def output_header(reference: nib.Nifti1Header) -> nib.Nifti1Header:
     """A header for a float32 output on ``reference``'s grid: same affine, sform/qform and zooms."""
     header = reference.copy()
@@ -300,67 +191,16 @@ def output_header(reference: nib.Nifti1Header) -> nib.Nifti1Header:
 def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Path) -> Path:
     """Write ``data`` as a float32 NIfTI on the reference header's grid, atomically.
 
-    The file is written to a hidden temporary name next to ``path`` (``.cwdm-<name>.<random>.part``,
-    which does not end in ``.nii.gz``), flushed to disk, then renamed over ``path``: readers never see
-    a partial file, and a pre-existing symbolic link at ``path`` is replaced, never written through.
-    The gzip header carries no time stamp, so the same data and header give the same bytes.
-    Only a killed process can leave the temporary file behind; :func:`remove_partial_files` clears it.
+    The file is written through :func:`cwdm.atomic.replacing`: readers never see a partial file, and a
+    pre-existing symbolic link at ``path`` is replaced, never written through. The gzip header carries no
+    time stamp, so the same data and header give the same bytes.
 
     Raises:
         OSError: the folder is not writable, the disk is full, ...; no temporary file remains.
     """
     path = Path(path)
     image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), None, output_header(reference))
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f"{PARTIAL_PREFIX}{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(
-                image.to_bytes()
-                if not path.name.endswith(".gz")
-                else gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def probe_writable(folder: Path) -> None:
-    """Check that ``folder`` takes a new file: create, write, sync and delete a hidden temporary one.
-
-    The probe is named like an atomic write in progress (``.cwdm-probe.<random>.part``), so that a
-    process killed in between leaves only what :func:`remove_partial_files` clears.
-
-    Raises:
-        OSError: the folder is read-only, not writable for this user, full, ...
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}probe.", suffix=PARTIAL_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(b"\0")
-            handle.flush()
-            os.fsync(handle.fileno())
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
-def remove_partial_files(folder: Path) -> list[Path]:
-    """Delete the temporary files that an interrupted :func:`write_volume_atomic` left in ``folder``.
-
-    Only hidden files named ``.cwdm-*.part`` are touched: nothing else in the folder is ours to delete.
-
-    Returns:
-        The files removed.
-    """
-    removed = []
-    for path in sorted(Path(folder).glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}")):
-        if path.is_file() and not path.is_symlink():
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+    content = image.to_bytes()
+    if path.name.endswith(".gz"):
+        content = gzip.compress(content, compresslevel=6, mtime=0)
+    return write_atomic(path, content)

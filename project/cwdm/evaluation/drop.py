@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import filecmp
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..cases.volumes import PARTIAL_PREFIX, PARTIAL_SUFFIX
+from ..atomic import PARTIAL_PREFIX, PARTIAL_SUFFIX, replacing
 from ..errors import CwdmError
 from ..sequences import MRISequence
 
@@ -165,14 +163,8 @@ def _check_resumable(plan: list[_PlannedCase], dst: Path) -> None:
 
 
 def _copy_atomic(source: Path, destination: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX, dir=destination.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, destination)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with replacing(destination) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def drop_sequences(

@@ -24,9 +24,7 @@ import csv
 import io
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +32,11 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from ..atomic import write_atomic
 from ..cases.discovery import Case, read_case
-from ..cases.volumes import Volume, VolumeError, normalise, read_volume, same_grid
+from ..cases.preprocessing import normalise
+from ..cases.reader import read_case_file
+from ..cases.volumes import same_grid
 from ..errors import CaseError, CwdmError, ShapeError
 from ..sequences import MRISequence, condition_order
 
@@ -272,16 +273,8 @@ class Evaluation:
         return buffer.getvalue()
 
     def write_csv(self, path: Path) -> Path:
-        """Write :meth:`to_csv` to ``path`` atomically (temporary file, then rename)."""
-        path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as handle:
-                handle.write(self.to_csv())
-            os.replace(tmp_name, path)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
-        return path
+        """Write :meth:`to_csv` to ``path`` atomically (:func:`cwdm.atomic.write_atomic`)."""
+        return write_atomic(Path(path), self.to_csv())
 
     def summary_table(self) -> str:
         """The summary as aligned plain text: one line per :class:`SummaryRow`, mean ± sd."""
@@ -309,13 +302,6 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 # -- cases ----------------------------------------------------------------------------------------
-def _read(case_id: str, path: Path) -> Volume:
-    try:
-        return read_volume(path)
-    except VolumeError as exc:
-        raise CaseError(case_id, str(exc), path) from exc
-
-
 def _truth_case(truth_dir: Path, case_id: str) -> Case:
     folder = Path(truth_dir) / case_id
     if not folder.is_dir():
@@ -342,8 +328,8 @@ def score_prediction(prediction_path: Path, truth_path: Path, case_id: str) -> d
     Raises:
         CaseError: a file is unreadable or not 3D, or the shapes differ.
     """
-    truth = _read(case_id, truth_path)
-    prediction = _read(case_id, prediction_path)
+    truth = read_case_file(case_id, truth_path, "ground truth")
+    prediction = read_case_file(case_id, prediction_path, "prediction")
     if prediction.shape == truth.shape and not same_grid(prediction, truth):
         # Scored voxel by voxel all the same (the arrays line up), but a lost header is worth a look.
         log.warning(
@@ -374,13 +360,13 @@ def baseline_scores(case_dir: Path, target: MRISequence | str) -> list[CaseScore
     case_dir = Path(case_dir)
     case = _truth_case(case_dir.parent, case_dir.name)
     truth_path = _truth_file(case, target)
-    truth = normalise(_read(case.case_id, truth_path).data)
+    truth = normalise(read_case_file(case.case_id, truth_path, "ground truth").data)
     present = [seq for seq in condition_order(target) if seq in case.files]
     if not present:
         raise CaseError(case.case_id, f"no present sequence to copy as {target}", case.folder)
     results = []
     for seq in present:
-        copy = normalise(_read(case.case_id, case.files[seq]).data)
+        copy = normalise(read_case_file(case.case_id, case.files[seq], f"{seq} volume").data)
         try:
             regions = score_volumes(copy, truth)
         except ShapeError as exc:

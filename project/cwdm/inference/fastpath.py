@@ -8,7 +8,8 @@ What it does (README, "Speed"; measurements in docs/PERFORMANCE.md):
 - Autocast in the runtime's precision (bf16 or fp16 on a GPU, nothing on a CPU) around the network call
   only; GroupNorm still computes in float32 inside the network, as published (``GroupNorm32``).
 - On a CUDA GPU, when the fast path is on: cuDNN autotuning (``torch.backends.cudnn.benchmark``, a
-  process-wide setting), and the channels-last 3D layout only if :data:`GPU_CHANNELS_LAST` says so.
+  process-wide setting that :func:`cwdm.runtime.configure_process` makes), and the channels-last 3D
+  layout only if :data:`GPU_CHANNELS_LAST` says so.
 - Optional, on request: ``torch.compile`` (mode configurable) and CUDA-graph capture of the denoiser step
   with static input buffers, one graph per input shape. Either falls back to the eager network, with a
   logged warning, when compilation or capture fails, and a captured graph is checked against the eager
@@ -17,27 +18,23 @@ What it does (README, "Speed"; measurements in docs/PERFORMANCE.md):
   (:data:`CPU_CHANNELS_LAST`); everything else stays the plain float32 path, so the CPU fast path is
   never the slower one.
 
-Caches: :func:`ensure_writable_caches` points the compiler and driver caches (TorchInductor, Triton, the
-CUDA JIT cache) at writable temporary folders when they are unset or unwritable, so that compilation
-works in a container run as an arbitrary non-root user with an unwritable home directory.
+Process-wide settings (cuDNN autotuning, the compiler caches) are not made here but by the entry points
+through :func:`cwdm.runtime.configure_process`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Mapping, MutableMapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..config import CompileMode
 from ..errors import CwdmError
-from ..runtime import Runtime
+from ..runtime import Runtime, autocast
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +51,6 @@ CPU_CHANNELS_LAST = False
 #: resolution, bf16: 134.5 ms a step against 87.5 ms contiguous; docs/PERFORMANCE.md), so the GPU fast
 #: path keeps the contiguous layout too. ``FastPathOptions(channels_last=True)`` still offers it.
 GPU_CHANNELS_LAST = False
-
-#: Environment variables of the caches written during compilation or kernel loading, and the folder
-#: name each gets under the temporary cache root when it is unset or not writable.
-CACHE_VARIABLES: Mapping[str, str] = {
-    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
-    "TRITON_CACHE_DIR": "triton",
-    "TRITON_HOME": "triton-home",
-    "CUDA_CACHE_PATH": "nv",
-}
-#: General caches that default to folders under ``$HOME``: redirected like the others, but only when
-#: the home folder is not writable (on a workstation they keep their usual places).
-HOME_CACHE_VARIABLES: Mapping[str, str] = {"XDG_CACHE_HOME": "xdg", "TORCH_HOME": "torch"}
 
 #: Most CUDA graphs kept per denoiser (one per input shape); further shapes run eagerly.
 MAX_GRAPHS = 4
@@ -153,61 +138,6 @@ class FastPathOptions:
         return "fast path" + (f" ({', '.join(parts)})" if parts else " (inference mode only)")
 
 
-def ensure_writable_caches(
-    environ: MutableMapping[str, str] | None = None, root: Path | None = None
-) -> dict[str, str]:
-    """Point the cache variables that are unset or unwritable at writable folders.
-
-    Every variable of :data:`CACHE_VARIABLES`, and those of :data:`HOME_CACHE_VARIABLES` when ``$HOME``
-    is not a writable folder. A variable set to a folder that exists and is writable, or that can be
-    created, is left alone (the Dockerfile sets them all under ``/tmp``). The others get
-    ``<root>/<name>``, where ``root`` defaults to ``<temporary folder>/cwdm-cache-<uid>`` (created with
-    mode 0700). Idempotent.
-
-    Args:
-        environ: The environment to update (``os.environ`` by default; tests pass a dict).
-        root: Where the replacement folders go.
-
-    Returns:
-        The variables that were set, with their new values (empty when nothing changed or when no
-        writable temporary folder exists, which is logged).
-    """
-    env = os.environ if environ is None else environ
-    names = dict(CACHE_VARIABLES)
-    if not _writable_dir(env.get("HOME"), create=False):
-        names |= HOME_CACHE_VARIABLES
-    pending = [name for name in names if not _writable_dir(env.get(name))]
-    if not pending:
-        return {}
-    try:
-        base = root if root is not None else Path(tempfile.gettempdir()) / f"cwdm-cache-{os.getuid()}"
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        log.warning("no writable temporary folder for the compiler caches (%s); leaving %s", exc, pending)
-        return {}
-    changed: dict[str, str] = {}
-    for name in pending:
-        folder = base / names[name]
-        if env.get(name):
-            log.warning("%s=%s is not writable; using %s", name, env[name], folder)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        env[name] = changed[name] = str(folder)
-    return changed
-
-
-def _writable_dir(value: str | None, create: bool = True) -> bool:
-    """Whether ``value`` names a folder that exists and is writable, or (``create``) can be created."""
-    if not value:
-        return False
-    path = Path(value)
-    try:
-        if create:
-            path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-
-
 Network = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -229,7 +159,6 @@ class FastDenoiser:
         self.options = options
         self._compiled: Network | None = None
         if options.compile:
-            ensure_writable_caches()
             self._compiled = torch.compile(module, mode=options.compile_mode, dynamic=False)
         self._graphs: dict[tuple[object, ...], _GraphedStep | None] = {}
         self._graph_pool: object | None = None
@@ -262,12 +191,9 @@ class FastDenoiser:
             return _as_sampler_state(self._run(x, t))
 
     def _autocast(self) -> AbstractContextManager[object]:
-        dtype = self.runtime.autocast_dtype
-        if dtype is None:
-            return nullcontext()
         # No weight-cast cache: parameters do not require grad here, and a cache would be captured
         # into CUDA graphs (the PyTorch CUDA-graph notes ask for cache_enabled=False).
-        return torch.autocast(device_type=self.runtime.device.type, dtype=dtype, cache_enabled=False)
+        return autocast(self.runtime.device, self.runtime.precision, cache_enabled=False)
 
     def _forward(self, network: Network, x: Tensor, t: Tensor) -> Tensor:
         if self.options.channels_last:
@@ -373,7 +299,7 @@ def prepare_denoiser(module: nn.Module, runtime: Runtime, options: FastPathOptio
 
     The module is changed in place: it is put in eval mode, its parameters stop requiring gradients
     and, with ``options.channels_last``, its weights move to the channels-last 3D layout (the same
-    values). With ``options.cudnn_benchmark`` cuDNN autotuning is switched on for the process.
+    values). ``options.cudnn_benchmark`` is a process-wide setting: :func:`cwdm.runtime.configure_process`.
 
     Args:
         module: ``(x, t) -> x0``, e.g. a :class:`cwdm.Denoiser` on ``runtime.device``.
@@ -386,6 +312,4 @@ def prepare_denoiser(module: nn.Module, runtime: Runtime, options: FastPathOptio
     module.eval().requires_grad_(False)
     if options.channels_last:
         module.to(memory_format=torch.channels_last_3d)
-    if options.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
     return FastDenoiser(module, runtime, options)

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .trainer import Trainer, TrainingCases, TrainingConfig
+from .data import TrainingCases
+from .trainer import Trainer, TrainingConfig
 
 
 def _init_distributed() -> torch.device:

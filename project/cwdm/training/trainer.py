@@ -18,12 +18,9 @@ import csv
 import io
 import logging
 import math
-import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,16 +31,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..cases.discovery import Case, discover_cases
-from ..cases.volumes import NetworkLayout, VolumeError, describe_grid, normalise, read_volume, same_grid
-from ..config import ModelSpec
-from ..errors import CheckpointError, ConfigError, CwdmError, GeometryError, VolumeReadError
+from ..atomic import replacing, write_atomic
+from ..config import MODEL_SPEC_NAME, ModelSpec
+from ..errors import CheckpointError, ConfigError, CwdmError
 from ..method.denoiser import Denoiser
 from ..method.schedule import NoiseSchedule
 from ..method.wavelets import build_condition, dwt3d, encode
+from ..runtime import autocast
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.checkpoints import check_state_dict, read_state_dict, write_state_dict
-from ..weights.folder import MODEL_SPEC_NAME
+from .data import TrainingCases, random_crop
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +65,6 @@ class TrainingConfig:
         log_every: Append a row to the CSV log every this many steps.
         seed: Seed of the loop's generator.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; GroupNorm stays float32).
-        cache_volumes: Keep preprocessed cases in memory (small datasets).
         grad_clip: Clip the gradient norm to this value; ``None`` (published) disables it.
     """
 
@@ -83,7 +79,6 @@ class TrainingConfig:
     log_every: int = 100
     seed: int = 0
     precision: PrecisionName = "fp32"
-    cache_volumes: bool = True
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
@@ -117,98 +112,6 @@ class TrainingConfig:
         record["spec"] = self.spec.model_dump(mode="json")
         record["crop_size"] = list(self.crop_size) if self.crop_size else None
         return record
-
-
-class TrainingCases:
-    """Complete cases of a training folder, preprocessed exactly as at inference.
-
-    Safe to read from several threads (the trainer prefetches the next step's cases in the
-    background when they are not all in memory).
-
-    Args:
-        cases: Cases with all four sequences.
-        multiple: Image-space size multiple of the network (``2 * size_multiple``).
-        cache: Keep each preprocessed case in memory after its first load.
-        cache_bytes: Keep at most this many bytes of cases in memory (``None``: no limit); the others
-            are read again whenever they are drawn. A BraTS case takes 128 MiB in the network layout.
-    """
-
-    def __init__(
-        self, cases: list[Case], multiple: int, cache: bool = True, cache_bytes: int | None = None
-    ) -> None:
-        if not cases:
-            raise CwdmError("no complete training cases (folders with all four sequences) found")
-        self.cases = cases
-        self.multiple = multiple
-        self._cache: dict[int, Tensor] | None = {} if cache else None
-        self._cache_left = math.inf if cache_bytes is None else cache_bytes
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_folder(
-        cls, data_dir: Path, multiple: int, cache: bool = True, cache_bytes: int | None = None
-    ) -> TrainingCases:
-        complete = [case for case in discover_cases(data_dir) if case.is_complete]
-        return cls(complete, multiple, cache, cache_bytes)
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def is_cached(self, index: int) -> bool:
-        """Whether case ``index`` is in memory (drawing it costs no file reading)."""
-        return self._cache is not None and index in self._cache
-
-    def __getitem__(self, index: int) -> Tensor:
-        """``(4, X, Y, Z)`` float32 network-layout volumes in canonical order (t1n, t1c, t2w, t2f).
-
-        Raises:
-            VolumeReadError: a file of the case is unreadable or not a 3D volume.
-            GeometryError: the four sequences do not share one grid.
-        """
-        if self._cache is not None and (cached := self._cache.get(index)) is not None:
-            return cached
-        stacked = self.load(index)
-        if self._cache is not None:
-            with self._lock:
-                if index not in self._cache and stacked.nbytes <= self._cache_left:
-                    self._cache[index] = stacked
-                    self._cache_left -= stacked.nbytes
-        return stacked
-
-    def load(self, index: int) -> Tensor:
-        """Read and preprocess case ``index`` from disk (no cache); as :meth:`__getitem__`."""
-        case = self.cases[index]
-        volumes = []
-        for seq in CANONICAL_ORDER:
-            try:
-                volumes.append(read_volume(case.files[seq]))
-            except VolumeError as exc:
-                raise VolumeReadError(case.case_id, str(exc), case.files[seq]) from exc
-        for seq, volume in zip(CANONICAL_ORDER[1:], volumes[1:], strict=True):
-            if not same_grid(volume, volumes[0]):
-                raise GeometryError(
-                    case.case_id,
-                    f"{seq} grid differs from t1n ({describe_grid(volume)} vs {describe_grid(volumes[0])}); "
-                    "the four sequences of a training case must share one grid",
-                    case.files[seq],
-                )
-        layout = NetworkLayout.for_shape(volumes[0].shape, self.multiple)
-        return torch.from_numpy(np.stack([layout.to_network(normalise(v.data)) for v in volumes]))
-
-
-def _random_crop(volumes: Tensor, size: tuple[int, int, int] | None, generator: torch.Generator) -> Tensor:
-    """A crop of ``(C, X, Y, Z)`` at an even offset (so its Haar pairs are the whole volume's)."""
-    if size is None:
-        return volumes
-    starts = []
-    for extent, crop in zip(volumes.shape[1:], size, strict=True):
-        if crop > extent:
-            raise ConfigError(
-                f"crop_size {size} exceeds the volume's network shape {tuple(volumes.shape[1:])}"
-            )
-        choices = (extent - crop) // 2 + 1
-        starts.append(2 * int(torch.randint(choices, (1,), generator=generator)))
-    return volumes[tuple([slice(None)] + [slice(s, s + c) for s, c in zip(starts, size, strict=True)])]
 
 
 def training_batch(
@@ -303,7 +206,7 @@ class Trainer:
     def _next_volumes(self) -> Tensor:
         """Draw ``batch_size`` cases (uniformly, from the loop's generator) and crop them."""
         picks = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
-        crops = [_random_crop(self._case(int(i)), self.config.crop_size, self.generator) for i in picks]
+        crops = [random_crop(self._case(int(i)), self.config.crop_size, self.generator) for i in picks]
         for future in self._prefetched.values():  # a guess that did not come true (after a resume)
             future.cancel()
         self._prefetched.clear()
@@ -339,12 +242,6 @@ class Trainer:
             self._pool = None
 
     # -- one step -----------------------------------------------------------------------------
-    def _autocast(self) -> Any:
-        if self.config.precision == "fp32" or self.device.type != "cuda":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-
     def train_step(self) -> float:
         """One optimiser step; returns the batch loss."""
         volumes = self._next_volumes()
@@ -353,7 +250,7 @@ class Trainer:
         x_in, t, x0 = x_in.to(self.device), t.to(self.device), x0.to(self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with autocast(self.device, self.config.precision):
             pred = self._module(x_in, t)
         loss = torch.mean((pred.float() - x0) ** 2)
         self.scaler.scale(loss).backward()
@@ -402,9 +299,8 @@ class Trainer:
         path = self.checkpoint_dir / f"step_{self.step:08d}.pt"
         if self.rank == 0:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".part")
-            torch.save(self.state(), tmp)
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                torch.save(self.state(), tmp)
             self.export_weights()
         return path
 
@@ -418,8 +314,8 @@ class Trainer:
             )
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         source = self.ema if self.ema is not None else self.model
-        path = write_state_dict(source.state_dict(), self.weights_dir / f"{self.config.target}.safetensors")
-        spec_path.write_text(spec_text)
+        path = write_state_dict(source.state_dict(), self.weights_file)
+        write_atomic(spec_path, spec_text)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -463,6 +359,11 @@ class Trainer:
         self.model.load_state_dict(state)
         if self.ema is not None:
             self.ema.load_state_dict(state)
+
+    @property
+    def weights_file(self) -> Path:
+        """The exported inference weights of this target."""
+        return self.weights_dir / f"{self.config.target}.safetensors"
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(self.checkpoint_dir.glob("step_*.pt"))
@@ -518,7 +419,7 @@ class Trainer:
                         break
         finally:
             self._stop_prefetch()
-        return self.weights_dir / f"{cfg.target}.safetensors"
+        return self.weights_file
 
 
 class _CsvLog:
@@ -541,9 +442,7 @@ class _CsvLog:
             return
         buffer = io.StringIO()
         csv.writer(buffer).writerows([rows[0], *kept])
-        tmp = self.path.with_name(self.path.name + ".part")
-        tmp.write_text(buffer.getvalue(), newline="")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, buffer.getvalue())
 
     def __enter__(self) -> _CsvLog:
         if self.enabled:

@@ -7,9 +7,7 @@ Loading is strict: a mismatch names the missing, unexpected and mis-shaped keys.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..atomic import replacing
 from ..errors import CheckpointError
 from ..method.denoiser import Denoiser, DenoiserConfig
 
@@ -98,20 +97,13 @@ def write_state_dict(state_dict: StateDict, path: Path | str) -> Path:
         raise CheckpointError(f"{path}: unsupported checkpoint type {path.suffix!r}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with replacing(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(tensors, str(tmp))
         else:
             torch.save(tensors, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the weights from the container's other users
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -152,6 +144,25 @@ def check_state_dict(state_dict: StateDict, model: torch.nn.Module, source: str 
         )
 
 
+def check_values(state_dict: StateDict, source: str = "checkpoint") -> None:
+    """Check that every tensor holds finite floating-point numbers (a model with NaN weights would
+    write NaN volumes).
+
+    Raises:
+        CheckpointError: naming the first offending keys and their count.
+    """
+    not_float = [key for key, value in state_dict.items() if not value.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{source}: non-floating-point tensors ({', '.join(not_float[:5])})")
+    not_finite = [key for key, value in state_dict.items() if not torch.isfinite(value).all()]
+    if not_finite:
+        shown = ", ".join(not_finite[:3]) + (", ..." if len(not_finite) > 3 else "")
+        raise CheckpointError(
+            f"{source}: NaN or infinite values in {len(not_finite)} tensors ({shown}); "
+            "the checkpoint is damaged"
+        )
+
+
 def load_denoiser(
     checkpoint: Path | str | StateDict,
     config: DenoiserConfig | None = None,
@@ -169,8 +180,8 @@ def load_denoiser(
         A float32 :class:`Denoiser` on the CPU in eval mode; move it with ``.to(device)``.
 
     Raises:
-        CheckpointError: unreadable file, a key/shape mismatch, or NaN/infinite weights (a model with
-            them would write NaN volumes).
+        CheckpointError: unreadable file, a key/shape mismatch, or weights that are not finite floats
+            (:func:`check_values`).
         ConfigError: invalid architecture values.
     """
     base = config or DenoiserConfig()
@@ -188,11 +199,6 @@ def load_denoiser(
         source = "state dict"
         state_dict = checkpoint
     check_state_dict(state_dict, model, source)
-    not_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if not_finite:
-        raise CheckpointError(
-            f"{source}: NaN or infinite values in {len(not_finite)} tensors ({', '.join(not_finite[:3])}"
-            f"{', ...' if len(not_finite) > 3 else ''}); the checkpoint is damaged"
-        )
+    check_values(state_dict, source)
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     return model.eval()

@@ -1,0 +1,119 @@
+"""The training preprocessing, the network crop/pad and its inverse, and the published post-processing
+variants: what happens to a case's values between reading and writing.
+
+Preprocessing reproduces the published data loader (REFERENCE.md section 1): each volume clipped to the
+0.1 and 99.9 percentiles of the whole volume (background included) and min-max scaled to [0, 1]. On the
+BraTS grid (240 x 240 x 155) the network sees the published 224 x 224 x 160 layout: 8 voxels cropped from
+each side of the two 240 axes, the last axis zero-padded after index 154. Other grids are zero-padded
+after each axis to the next size the network accepts, so nothing is cropped from them (README, "Running
+inference").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+#: Percentiles of the published intensity clip (as fractions for ``np.quantile``).
+CLIP_QUANTILES = (0.001, 0.999)
+#: The BraTS grid and the published crop of its 240-voxel axes (REFERENCE.md section 1).
+BRATS_SHAPE = (240, 240, 155)
+_BRATS_CROPPED_SIZE = 240
+_BRATS_MARGIN = 8
+#: The challenge script's background threshold (REFERENCE.md section 6).
+THRESHOLD = 0.04
+PostprocessName = Literal["brain_mask", "threshold"]
+
+
+def normalise(data: np.ndarray) -> np.ndarray:
+    """Clip to the 0.1/99.9 percentiles and min-max scale to [0, 1], as in training.
+
+    Args:
+        data: Voxel values of one volume, any shape, float64 recommended (the published precision).
+
+    Returns:
+        float32 array in [0, 1]; a constant volume (nothing to scale) gives all zeros.
+    """
+    low, high = np.quantile(data, CLIP_QUANTILES)
+    clipped = np.clip(data, low, high)
+    span = clipped.max() - clipped.min()
+    if span <= 0:
+        return np.zeros(data.shape, dtype=np.float32)
+    return ((clipped - clipped.min()) / span).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NetworkLayout:
+    """How a grid maps onto the network input: per axis, a crop of the input and a zero pad after.
+
+    Attributes:
+        shape: The input grid's shape.
+        crop: Per axis, voxels removed from each side (8 on the BraTS 240 axes, else 0).
+        pad: Per axis, zeros appended after the (cropped) data.
+    """
+
+    shape: tuple[int, int, int]
+    crop: tuple[int, int, int]
+    pad: tuple[int, int, int]
+
+    @classmethod
+    def for_shape(cls, shape: tuple[int, ...], multiple: int) -> NetworkLayout:
+        """The layout of ``shape`` for a network whose image-space sizes must divide by ``multiple``.
+
+        Args:
+            shape: The input grid, ``(X, Y, Z)``.
+            multiple: ``2 * DenoiserConfig.size_multiple`` (32 for the published model).
+        """
+        crop, pad = [], []
+        for size in shape:
+            cut = _BRATS_MARGIN if size == _BRATS_CROPPED_SIZE else 0
+            kept = size - 2 * cut
+            crop.append(cut if kept % multiple == 0 else 0)
+            kept = size - 2 * crop[-1]
+            pad.append(-kept % multiple)
+        return cls(shape=tuple(shape), crop=tuple(crop), pad=tuple(pad))  # type: ignore[arg-type]
+
+    @property
+    def network_shape(self) -> tuple[int, int, int]:
+        return tuple(n - 2 * c + p for n, c, p in zip(self.shape, self.crop, self.pad, strict=True))  # type: ignore[return-value]
+
+    def to_network(self, volume: np.ndarray) -> np.ndarray:
+        """Crop and pad one ``shape``-sized array to :attr:`network_shape` (zeros padded after)."""
+        cropped = volume[tuple(slice(c, n - c) for n, c in zip(self.shape, self.crop, strict=True))]
+        return np.pad(cropped, [(0, p) for p in self.pad])
+
+    def to_grid(self, volume: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_network`: drop the padding and restore the cropped margins as zeros."""
+        unpadded = volume[tuple(slice(0, n - p) for n, p in zip(volume.shape, self.pad, strict=True))]
+        return np.pad(unpadded, [(c, c) for c in self.crop])
+
+
+def brain_mask_postprocess(volume: np.ndarray, first_condition: np.ndarray) -> np.ndarray:
+    """The published evaluation post-processing: clamp to [0, 1], zero outside the brain.
+
+    Args:
+        volume: Synthesised volume (any shape).
+        first_condition: The first condition sequence after preprocessing, same shape; voxels where
+            it is exactly 0 are background (BraTS cases are skull-stripped).
+    """
+    out = np.clip(volume, 0.0, 1.0)
+    out[first_condition == 0] = 0.0
+    return out
+
+
+def threshold_postprocess(volume: np.ndarray, first_condition: np.ndarray) -> np.ndarray:
+    """The published challenge-container post-processing: values <= 0.04 set to 0.
+
+    The top is clamped at 1, which only changes float rounding: the sampler's last step already
+    clips x0 to [0, 1] in image space. ``first_condition`` is unused (kept for a common signature).
+    """
+    del first_condition
+    out = np.minimum(volume, 1.0)
+    out[out <= THRESHOLD] = 0.0
+    return out
+
+
+#: The post-processing variants by their parameters.yaml name.
+POSTPROCESSES = {"brain_mask": brain_mask_postprocess, "threshold": threshold_postprocess}

@@ -1,0 +1,153 @@
+"""One case, before and after sampling: read and preprocess its present sequences into the network's
+condition (:func:`prepare_case`), and turn a sampled volume into its output file (:func:`write_prediction`).
+
+Before (README, "Running inference"): read the three present sequences in :func:`cwdm.condition_order`
+through :func:`cwdm.cases.reader.read_sequences` (one grid, or a :class:`cwdm.errors.GeometryError`), clip
+and scale each as in training (:func:`cwdm.cases.preprocessing.normalise`) and lay it out for the network
+(:class:`cwdm.cases.preprocessing.NetworkLayout`). After: refuse non-finite values, post-process (brain
+mask by default, or the challenge container's threshold; REFERENCE.md section 6), put the volume back on
+the input grid and write ``<case>-<target>.nii.gz`` (float32, header of the first condition sequence)
+atomically. The output's name is :meth:`cwdm.cases.discovery.Case.output_name`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..cases.discovery import Case
+from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, PostprocessName, normalise
+from ..cases.reader import read_sequences
+from ..cases.volumes import Volume, write_volume_atomic
+from ..errors import CaseError
+from ..sequences import MRISequence, condition_order
+from .report import CaseResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedCase:
+    """A case ready for sampling: condition volumes in network layout and where its output goes.
+
+    Attributes:
+        case: The case.
+        target: The sequence to synthesise.
+        cond: ``(3, *layout.network_shape)`` float32 in [0, 1], in condition order.
+        layout: How the input grid maps onto the network's.
+        reference: The first condition sequence: its header goes on the output.
+        output: The output file.
+        elapsed_s: Time spent reading and preprocessing.
+        warnings: Remarks that go into the case's result (constant input volumes).
+    """
+
+    case: Case
+    target: MRISequence
+    cond: np.ndarray
+    layout: NetworkLayout
+    reference: Volume
+    output: Path
+    elapsed_s: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+
+def prepare_case(
+    case: Case, target: MRISequence, out_dir: Path, multiple: int, postprocess: PostprocessName
+) -> PreparedCase:
+    """Read, check and preprocess the three present sequences of ``case``.
+
+    Args:
+        case: The case.
+        target: Its missing sequence.
+        out_dir: The output folder.
+        multiple: Image-space sizes the network accepts must divide by this.
+        postprocess: The run's post-processing (named in a warning about a blank brain mask).
+
+    Raises:
+        VolumeReadError: a present sequence cannot be read.
+        GeometryError: the present sequences do not share one grid.
+    """
+    start = time.perf_counter()
+    order = condition_order(target)
+    volumes = read_sequences(case, order)
+    layout = NetworkLayout.for_shape(volumes[0].shape, multiple)
+    normalised = [normalise(volume.data) for volume in volumes]
+    return PreparedCase(
+        case=case,
+        target=target,
+        cond=np.stack([layout.to_network(values) for values in normalised]),
+        layout=layout,
+        reference=volumes[0],
+        output=Path(out_dir) / case.output_name(target),
+        elapsed_s=time.perf_counter() - start,
+        warnings=_blank_inputs(case, order, volumes, normalised, postprocess),
+    )
+
+
+def _blank_inputs(
+    case: Case,
+    order: Sequence[MRISequence],
+    volumes: Sequence[Volume],
+    normalised: Sequence[np.ndarray],
+    postprocess: PostprocessName,
+) -> tuple[str, ...]:
+    """Warnings for present sequences that are all zeros after preprocessing (constant volumes: nothing
+    to scale, so no division by zero either); the case is still synthesised."""
+    notes = []
+    for index, (seq, volume, values) in enumerate(zip(order, volumes, normalised, strict=True)):
+        if values.any():
+            continue
+        note = (
+            f"the {seq} volume {volume.path.name} is constant between its 0.1 and 99.9 percentiles: "
+            "it enters the network as all zeros"
+        )
+        if index == 0 and postprocess == "brain_mask":
+            note += "; as the first condition it defines the brain mask, so the output is all zeros"
+        log.warning("%s: %s", case.case_id, note)
+        notes.append(note)
+    return tuple(notes)
+
+
+def write_prediction(
+    item: PreparedCase,
+    volume: np.ndarray,
+    elapsed_s: float,
+    postprocess: PostprocessName,
+    checkpoint: Path | None = None,
+) -> CaseResult:
+    """Post-process one sampled volume, put it on the input grid and write it atomically.
+
+    Args:
+        item: The prepared case.
+        volume: The sampled image-space volume in network layout (not clamped).
+        elapsed_s: Time spent on the case so far.
+        postprocess: The post-processing variant.
+        checkpoint: The model's file, named in the error about non-finite values.
+
+    Raises:
+        CaseError: the sampled volume has NaN or infinite values, or the output file cannot be
+            written (no partial file remains).
+    """
+    start = time.perf_counter()
+    finite = np.isfinite(volume)
+    if not finite.all():
+        raise CaseError(
+            item.case.case_id,
+            f"the {item.target} model produced {int(finite.size - finite.sum()):,} NaN or infinite "
+            "voxels; nothing was written (check the checkpoint, or use precision fp32)",
+            checkpoint,
+        )
+    result = item.layout.to_grid(POSTPROCESSES[postprocess](volume, item.cond[0]))
+    try:
+        write_volume_atomic(result, item.reference.header, item.output)
+    except OSError as exc:
+        raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
+    elapsed_s += time.perf_counter() - start
+    return CaseResult(
+        item.case.case_id, "written", item.target, item.output, elapsed_s, warnings=item.warnings
+    )

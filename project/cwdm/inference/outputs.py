@@ -1,0 +1,83 @@
+"""The output folder's rules: it never overlaps the inputs, it is created and probed before any case
+runs, temporary files of an interrupted run are cleared, and an output already there counts as done
+only when it is a complete volume on its case's grid (so a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..atomic import probe_writable, remove_partial_files
+from ..cases.discovery import Case
+from ..cases.volumes import VolumeError, read_volume, same_grid
+from ..errors import ConfigError, CwdmError
+
+log = logging.getLogger(__name__)
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it, symbolic links resolved."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
+    """Refuse an output folder that overlaps the inputs, symbolic links resolved.
+
+    The output folder may not be the data folder, lie inside it or inside a case folder (inputs are
+    never modified), nor contain the data folder or a case folder (it must hold predictions only).
+
+    Raises:
+        ConfigError: naming both folders.
+    """
+    out_dir = Path(out_dir)
+    data_folders = sorted({case.folder.parent for case in cases})
+    for folder in data_folders + [case.folder for case in cases]:
+        kind = "data folder" if folder in data_folders else "case folder"
+        if is_inside(out_dir, folder):
+            raise ConfigError(
+                f"output folder {out_dir} is inside the {kind} {folder}; inputs are never modified: "
+                "choose an output folder outside it"
+            )
+        if is_inside(folder, out_dir):
+            raise ConfigError(
+                f"output folder {out_dir} contains the {kind} {folder}; the output folder must hold "
+                "predictions only: choose a separate folder"
+            )
+
+
+def prepare_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
+    """Check ``out_dir`` against the inputs, create it, clear partial files and probe that it is writable.
+
+    Raises:
+        ConfigError: ``out_dir`` overlaps the inputs (:func:`check_output_folder`).
+        CwdmError: ``out_dir`` cannot be created or is not writable (nothing has run).
+    """
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, cases)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CwdmError(f"cannot create the output folder {out_dir} ({exc})") from exc
+    for path in remove_partial_files(out_dir):
+        log.warning("removed %s, left by an interrupted run", path.name)
+    try:
+        probe_writable(out_dir)
+    except OSError as exc:
+        raise CwdmError(
+            f"the output folder {out_dir} is not writable ({exc.strerror or exc}); nothing was run"
+        ) from exc
+
+
+def output_complete(output: Path, reference_file: Path) -> bool:
+    """Whether ``output`` is a readable volume on the grid of ``reference_file`` (a finished output)."""
+    if output.is_symlink() or not output.is_file():
+        return False
+    try:
+        written = read_volume(output)
+        reference = read_volume(reference_file)
+    except VolumeError:
+        return False
+    return same_grid(written, reference)

@@ -1,0 +1,192 @@
+"""What a run did: one :class:`CaseResult` per case and the :class:`RunReport` of the run, its exit
+status, and its JSON file, which is always written outside the output folder (the organisers' evaluator
+reads every file there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..atomic import write_atomic
+from ..config import SamplingSettings
+from ..errors import ConfigError, CwdmError, Interrupted
+from ..runtime import Runtime
+from ..sequences import MRISequence
+from .outputs import is_inside
+
+log = logging.getLogger(__name__)
+
+CaseStatus = Literal["written", "skipped", "failed", "ignored", "interrupted"]
+#: Every status, in the order reports list them.
+CASE_STATUSES: tuple[CaseStatus, ...] = ("written", "skipped", "failed", "ignored", "interrupted")
+#: Called after each case with its result.
+CaseCallback = Callable[["CaseResult"], None]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What happened to one case.
+
+    Attributes:
+        case_id: The case folder name.
+        status: ``written`` (output synthesised now), ``skipped`` (a complete output was already
+            there), ``failed`` (the case needed an output and did not get one), ``ignored`` (not a
+            case with exactly one missing sequence, e.g. a complete training case) or
+            ``interrupted`` (the run was stopped by a signal before the case was finished; a rerun
+            does it).
+        target: The synthesised sequence, when known.
+        output: The output file (written or skipped cases).
+        elapsed_s: Wall time spent on the case; a batch's sampling time is shared equally.
+        error: Why the case failed, was ignored or was interrupted.
+        error_type: The exception's class name, for failed cases.
+        warnings: Remarks on a case that was written all the same (e.g. a constant input volume).
+    """
+
+    case_id: str
+    status: CaseStatus
+    target: MRISequence | None = None
+    output: Path | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+    error_type: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """The case has its output (written now or before)."""
+        return self.status in ("written", "skipped")
+
+    @classmethod
+    def interrupted(cls, case_id: str, target: MRISequence | None, signum: int) -> CaseResult:
+        """The result of a case that a signal stopped before it was finished."""
+        return cls(
+            case_id,
+            "interrupted",
+            target,
+            error=f"not finished: the run was stopped by {Interrupted(signum).signal_name}; a rerun does it",
+            error_type="Interrupted",
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "status": self.status,
+            "target": None if self.target is None else str(self.target),
+            "output": None if self.output is None else str(self.output),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "error": self.error,
+            "error_type": self.error_type,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The outcome of :meth:`Synthesizer.run`; :func:`write_report` saves it as JSON.
+
+    Attributes:
+        cases: One result per case, in the order the cases were given.
+        out_dir: The output folder.
+        settings: The effective sampling settings.
+        runtime: Device and precision used.
+        models: The checkpoint used for each loaded target.
+        unavailable: Targets whose model could not be loaded, with the reason.
+        started_at: UTC start time, ISO 8601.
+        elapsed_s: Wall time of the run.
+        interrupted_by: The number of the signal that stopped the run early, if one did.
+    """
+
+    cases: tuple[CaseResult, ...]
+    out_dir: Path
+    settings: SamplingSettings
+    runtime: Runtime
+    models: Mapping[MRISequence, Path] = field(default_factory=dict)
+    unavailable: Mapping[MRISequence, str] = field(default_factory=dict)
+    started_at: str = ""
+    elapsed_s: float = 0.0
+    interrupted_by: int | None = None
+
+    def count(self, status: CaseStatus) -> int:
+        return sum(result.status == status for result in self.cases)
+
+    def counts_text(self) -> str:
+        """``3 written, 0 skipped, 1 failed, 0 ignored`` (plus ``, 2 interrupted`` when there are any)."""
+        shown = [s for s in CASE_STATUSES if s != "interrupted" or self.count(s)]
+        return ", ".join(f"{self.count(status)} {status}" for status in shown)
+
+    @property
+    def expected(self) -> tuple[CaseResult, ...]:
+        """The cases that needed an output (all but the ignored ones)."""
+        return tuple(result for result in self.cases if result.status != "ignored")
+
+    @property
+    def exit_code(self) -> int:
+        """0 when there was at least one case to synthesise and every such case has its output; 128 +
+        the signal number when a signal stopped the run (130 for SIGINT, 143 for SIGTERM); else 1."""
+        if self.interrupted_by is not None:
+            return 128 + self.interrupted_by
+        expected = self.expected
+        return 0 if expected and all(result.ok for result in expected) else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        from .. import __version__  # at call time: the package is fully imported by then
+
+        return {
+            "cwdm_version": __version__,
+            "started_at": self.started_at,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "exit_code": self.exit_code,
+            "interrupted_by": (
+                None if self.interrupted_by is None else Interrupted(self.interrupted_by).signal_name
+            ),
+            "out_dir": str(self.out_dir),
+            "device": str(self.runtime.device),
+            "precision": self.runtime.precision,
+            "runtime_notes": list(self.runtime.notes),
+            "settings": {
+                "sampling_steps": self.settings.steps,
+                "sampler": self.settings.sampler,
+                "seed": self.settings.seed,
+                "batch_size": self.settings.batch_size,
+                "postprocess": self.settings.postprocess,
+            },
+            "models": {str(seq): str(path) for seq, path in self.models.items()},
+            "unavailable_models": {str(seq): reason for seq, reason in self.unavailable.items()},
+            "counts": {status: self.count(status) for status in CASE_STATUSES},
+            "cases": [result.to_record() for result in self.cases],
+        }
+
+
+def check_report_path(report_path: Path, out_dir: Path) -> None:
+    """Refuse a report location inside the output folder (the evaluator reads every file there).
+
+    Raises:
+        ConfigError: ``report_path`` is inside ``out_dir``.
+    """
+    if is_inside(Path(report_path).parent, Path(out_dir)):
+        raise ConfigError(
+            f"report file {report_path} is inside the output folder {out_dir}; the output folder must "
+            "hold predictions only: put the report elsewhere"
+        )
+
+
+def write_report(report: RunReport, path: Path) -> Path:
+    """Write ``report`` as JSON to ``path``, atomically (never inside the output folder).
+
+    Raises:
+        ConfigError: ``path`` is inside the run's output folder.
+        CwdmError: the file cannot be written.
+    """
+    path = Path(path)
+    check_report_path(path, report.out_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(report.to_dict(), indent=2) + "\n")
+    except OSError as exc:
+        raise CwdmError(f"cannot write the run report {path} ({exc})") from exc
+    return path

@@ -1,0 +1,95 @@
+"""A folder of cases, end to end: the one inference flow behind ``cwdm infer`` and the MLCube entry point.
+
+:func:`run_folder` discovers the cases, loads the models they need once, synthesises every missing
+sequence into the output folder and saves the JSON run report outside it, also when a signal stops the
+run. The commands around it only parse options, set up logging and progress, render the summary and
+turn :attr:`RunReport.exit_code` into their exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from ..cases.discovery import Case, discover_cases, needed_targets
+from ..config import RunParameters
+from ..errors import CwdmError, Interrupted
+from .report import CaseCallback, RunReport, check_report_path, write_report
+from .synthesizer import BatchStepCallback, Synthesizer
+
+log = logging.getLogger(__name__)
+
+#: Called once the models are loaded, before the first case, with the synthesizer and the cases.
+ReadyCallback = Callable[[Synthesizer, Sequence[Case]], None]
+
+
+class FolderRun(NamedTuple):
+    """The outcome of :func:`run_folder`.
+
+    Attributes:
+        report: Every case's result; ``report.exit_code`` is the run's exit status.
+        report_file: Where the JSON report was saved, or ``None`` when it could not be (logged).
+    """
+
+    report: RunReport
+    report_file: Path | None
+
+
+def run_folder(
+    data_dir: Path,
+    out_dir: Path,
+    weights_dir: Path,
+    params: RunParameters,
+    report_path: Path,
+    *,
+    on_ready: ReadyCallback | None = None,
+    on_case: CaseCallback | None = None,
+    on_step: BatchStepCallback | None = None,
+) -> FolderRun:
+    """Synthesise the missing sequence of every case of ``data_dir`` into ``out_dir``; save the report.
+
+    Args:
+        data_dir: One sub-folder per case (README, "Running inference").
+        out_dir: Receives ``<case>-<missing seq>.nii.gz`` and nothing else.
+        weights_dir: One checkpoint per target plus ``model.yaml``.
+        params: The run parameters, already merged with any command-line options.
+        report_path: The JSON run report; never inside ``out_dir`` (checked before anything runs).
+        on_ready: See :data:`ReadyCallback` (progress bars, a log line of the settings).
+        on_case: Called with each case's result as soon as it is known.
+        on_step: Called after every sampling step of a batch.
+
+    Returns:
+        The report and where it was saved. A run stopped by a signal (SIGINT/SIGTERM under
+        :func:`cwdm.stop_on_signals`) returns too: its report marks the unfinished cases ``interrupted``
+        and its exit code is 128 + the signal number.
+
+    Raises:
+        CwdmError: nothing ran: a report path inside the output folder, a missing data folder, a bad
+            weights directory or ``model.yaml``, an output folder that overlaps the inputs or cannot be
+            written (:class:`cwdm.ConfigError` and :class:`cwdm.CheckpointError` among them).
+        Interrupted: a signal arrived before the first case started (there is no report).
+    """
+    check_report_path(report_path, out_dir)
+    cases = discover_cases(data_dir)
+    synth = Synthesizer.from_weights(weights_dir, params, needed_targets(cases))
+    if on_ready is not None:
+        on_ready(synth, cases)
+    try:
+        report = synth.run(cases, out_dir, on_case=on_case, on_step=on_step)
+    except Interrupted as exc:
+        if exc.report is None:
+            raise
+        report = exc.report  # type: ignore[assignment]
+    return FolderRun(report, _save_report(report, report_path))
+
+
+def _save_report(report: RunReport, path: Path) -> Path | None:
+    """:func:`write_report`, with a failure logged rather than raised: the outputs stand, and the log and
+    the summary hold every case's outcome (the exit status still follows the cases)."""
+    try:
+        return write_report(report, path)
+    except CwdmError as exc:
+        log.error("%s", exc)
+        return None
