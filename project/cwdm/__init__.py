@@ -29,9 +29,8 @@ from .method.wavelets import build_condition, clip_coeffs, decode, dwt3d, encode
 from .runtime import Runtime, resolve_runtime
 from .sequences import CANONICAL_ORDER, MRISequence, condition_order
 from .signals import stop_on_signals
+from .version import __version__ as __version__
 from .weights.checkpoints import load_denoiser, read_state_dict, write_state_dict
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CANONICAL_ORDER",

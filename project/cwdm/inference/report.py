@@ -17,6 +17,7 @@ from ..config import SamplingSettings
 from ..errors import ConfigError, CwdmError, Interrupted
 from ..runtime import Runtime
 from ..sequences import MRISequence
+from ..version import __version__
 from .outputs import is_inside
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,6 @@ class RunReport:
         return 0 if expected and all(result.ok for result in expected) else 1
 
     def to_dict(self) -> dict[str, Any]:
-        from .. import __version__  # at call time: the package is fully imported by then
-
         return {
             "cwdm_version": __version__,
             "started_at": self.started_at,

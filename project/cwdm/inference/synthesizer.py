@@ -22,9 +22,7 @@ library never prints: progress is reported through the ``on_case`` and ``on_step
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import functools
 import logging
 import signal
 import time
@@ -46,11 +44,12 @@ from ..method.wavelets import build_condition, decode
 from ..runtime import Runtime, case_generator, resolve_runtime, worker_devices
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.folder import WeightsDir
+from . import workers
 from .casework import PreparedCase, prepare_case, write_prediction
 from .fastpath import FastDenoiser, FastPathOptions, prepare_denoiser
 from .outputs import output_complete, prepare_output_folder
 from .report import CaseCallback, CaseResult, CaseStatus, RunReport
-from .throughput import BackgroundWriter, OrderedRecorder, Throughput, WorkerEvents, prefetched, run_workers
+from .throughput import BackgroundWriter, OrderedRecorder, Throughput, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,8 @@ class Synthesizer:
         throughput: Background I/O and worker devices; default: :meth:`Throughput.for_devices` of
             every GPU when ``runtime`` is a GPU (sequential on a CPU).
         worker_factory: Builds the synthesizer of one worker device (must be picklable); default:
-            copies of ``models`` (:meth:`from_weights` passes one that loads the weights there).
+            copies of ``models`` (:meth:`from_weights` passes one that loads the weights there;
+            :mod:`cwdm.inference.workers`).
     """
 
     def __init__(
@@ -167,7 +167,7 @@ class Synthesizer:
                 continue
             checkpoints[target] = weights.checkpoint(target)
             log.info("loaded the %s model from %s", target, checkpoints[target])
-        factory = functools.partial(_worker_from_weights, Path(weights_dir), params, tuple(models))
+        factory = workers.factory_from_weights(cls, Path(weights_dir), params, tuple(models))
         return cls(
             models,
             settings,
@@ -250,9 +250,9 @@ class Synthesizer:
                     continue
                 batches += [(target, todo[first : first + size]) for first in range(0, len(todo), size)]
             if self.throughput.sharded and batches:
-                self._process_sharded(batches, out_dir, record, on_step)
+                workers.run_sharded(self, batches, out_dir, record, on_step)
             else:
-                self._process_local(batches, out_dir, record, on_step)
+                self.process(batches, out_dir, record, on_step)
         except KeyboardInterrupt as exc:  # a signal (cwdm.signals) or Ctrl-C: report what was done
             stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
             stop.report = report(stop.signum)
@@ -322,14 +322,15 @@ class Synthesizer:
                     CaseResult(case.case_id, "failed", target, error=message, error_type=type(exc).__name__)
                 )
 
-    def _process_local(
+    def process(
         self,
         batches: Iterable[tuple[MRISequence, Sequence[Case]]],
         out_dir: Path,
         record: CaseCallback,
         on_step: BatchStepCallback | None,
     ) -> None:
-        """Prepare, sample and write ``batches`` in this process (background I/O per :attr:`throughput`).
+        """Prepare, sample and write ``batches`` in this process (background I/O per :attr:`throughput`);
+        also the work of one worker process (:mod:`cwdm.inference.workers`).
 
         Results reach ``record`` in the order of the sequential run: each batch's preparation failures,
         then its cases as they are written (or fail), batch after batch.
@@ -362,38 +363,6 @@ class Synthesizer:
             # Also when stopped: the cases written before the writer shut down are recorded as written
             # (the writes that had not started were cancelled and stay unrecorded).
             recorder.flush(wait=True)
-
-    def _process_sharded(
-        self,
-        batches: Sequence[tuple[MRISequence, Sequence[Case]]],
-        out_dir: Path,
-        record: CaseCallback,
-        on_step: BatchStepCallback | None,
-    ) -> None:
-        """Share ``batches`` out to one worker process per device; record their results in case order."""
-        targets = {case.case_id: target for target, cases in batches for case in cases}
-        factory = self.worker_factory or functools.partial(
-            _worker_from_parts,
-            {target: copy.deepcopy(model).cpu() for target, model in self.models.items()},
-            self.settings,
-            self.runtime.precision,
-            self.schedule,
-            self.fast_path,
-        )
-
-        def lost(case_id: str, reason: str) -> CaseResult:
-            return CaseResult(case_id, "failed", targets[case_id], error=reason, error_type="WorkerError")
-
-        run_workers(
-            functools.partial(_run_shard, factory, out_dir),
-            batches,
-            self.throughput.devices,
-            record=record,
-            order=list(targets),
-            key=lambda result: result.case_id,
-            lost=lost,
-            on_step=on_step,
-        )
 
     def _prepare_batch(
         self, target: MRISequence, cases: Sequence[Case], out_dir: Path
@@ -508,46 +477,6 @@ class Synthesizer:
                 on_step=step_callback,
             )
             return decode(coeffs)[:, 0].float().cpu().numpy()
-
-
-def _worker_from_weights(
-    weights_dir: Path, params: RunParameters, targets: tuple[MRISequence, ...], device: torch.device
-) -> Synthesizer:
-    """A worker's synthesizer: the same weights and parameters, on ``device`` only."""
-    worker = params.model_copy(update={"device": device.type})
-    return Synthesizer.from_weights(
-        weights_dir, worker, targets, throughput=Throughput.for_devices([device], params.batch_size)
-    )
-
-
-def _worker_from_parts(
-    models: Mapping[MRISequence, Denoiser],
-    settings: SamplingSettings,
-    precision: str,
-    schedule: NoiseSchedule,
-    fast_path: FastPathOptions,
-    device: torch.device,
-) -> Synthesizer:
-    """A worker's synthesizer from in-memory models (copied to ``device``)."""
-    return Synthesizer(
-        {target: model.to(device) for target, model in models.items()},
-        settings,
-        Runtime(device, precision),
-        schedule,
-        fast_path=fast_path,
-        throughput=Throughput.for_devices([device], settings.batch_size),
-    )
-
-
-def _run_shard(
-    factory: Callable[[torch.device], Synthesizer],
-    out_dir: Path,
-    device: torch.device,
-    batches: Iterable[tuple[MRISequence, Sequence[Case]]],
-    events: WorkerEvents,
-) -> None:
-    """The work of one worker process (see :func:`cwdm.inference.throughput.run_workers`)."""
-    factory(device)._process_local(batches, out_dir, events.record, events.on_step)
 
 
 def _log_result(result: CaseResult) -> None:
