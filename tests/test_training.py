@@ -19,7 +19,8 @@ from cwdm.cli import app
 from cwdm.config import ModelSpec
 from cwdm.errors import VolumeReadError
 from cwdm.sequences import MRISequence, condition_order
-from cwdm.training.trainer import Trainer, TrainingCases, TrainingConfig, ema_decay, training_batch
+from cwdm.training.data import TrainingCases
+from cwdm.training.trainer import Trainer, TrainingConfig, ema_decay, training_batch
 from cwdm.weights.folder import WeightsDir
 
 from .conftest import smooth_blobs
@@ -109,7 +110,11 @@ def test_training_cases_are_preprocessed_like_inference(train_dir):
     expected = (np.clip(raw, low, high) - low) / (high - low)
     volumes = data[1]
     assert volumes.shape == (4, *SHAPE) and volumes.dtype == torch.float32
-    np.testing.assert_allclose(volumes[2].numpy(), expected, atol=1e-6)  # canonical order: t2w third
+    # Kept as 16-bit levels: the nearest of 65536 values, so within half a level of the float value.
+    levels = data.levels(1)
+    assert levels.dtype == torch.uint16
+    np.testing.assert_array_equal(levels[2].numpy(), np.rint(expected * 65535))  # canonical order: t2w third
+    np.testing.assert_allclose(volumes[2].numpy(), expected, atol=0.5 / 65535 + 1e-7, rtol=0)
 
 
 def test_a_case_on_two_grids_or_with_a_corrupt_file_is_named(train_dir):
@@ -178,7 +183,7 @@ def test_the_loop_draws_in_the_documented_order(train_dir, tmp_path, cache):
     assert len(seen) == 3
 
 
-@pytest.mark.parametrize(("cache", "cache_bytes"), [(False, None), (True, 4 * 16 * 16 * 12 * 4)])
+@pytest.mark.parametrize(("cache", "cache_bytes"), [(False, None), (True, 4 * 16 * 16 * 12 * 2)])  # uint16
 def test_reading_cases_in_the_background_changes_nothing(train_dir, tmp_path, cache, cache_bytes):
     settings = {"crop_size": (8, 8, 8), "batch_size": 2}
     cached = trainer(train_dir, tmp_path / "cached", **settings)
@@ -465,3 +470,92 @@ def test_cli_train_stops_on_sigterm_after_checkpointing_and_the_same_command_res
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "train_log.csv").open()))
     assert [int(row["step"]) for row in rows] == [1, 2, 3, 4, 5]
+
+
+# -- flips, the learning-rate schedule, several targets, time limits ---------------------------------
+def test_flips_are_drawn_after_the_crops_and_mirror_left_right(train_dir, tmp_path):
+    """With flip on, each case's flip is one uniform draw after its crop offsets: x_in pins it."""
+    data = TrainingCases.from_folder(train_dir, MULTIPLE)
+    run = Trainer(config(crop_size=(8, 8, 4), batch_size=2, iterations=4, flip=True), data, tmp_path / "out")
+    seen = []
+    run.model.register_forward_pre_hook(lambda module, args: seen.append([a.clone() for a in args]))
+    run.run()
+
+    gen = torch.Generator().manual_seed(5)
+    flips = []
+    for x_in, t in seen:
+        picks = torch.randint(len(data), (2,), generator=gen)
+        crops = []
+        for i in picks:
+            x, y, z = (
+                2 * int(torch.randint((n - c) // 2 + 1, (1,), generator=gen))
+                for n, c in zip(SHAPE, (8, 8, 4), strict=True)
+            )
+            crop = data[int(i)][:, x : x + 8, y : y + 8, z : z + 4]
+            flips.append(float(torch.rand(1, generator=gen)) < 0.5)
+            crops.append(crop.flip(1) if flips[-1] else crop)
+        expected_x_in, expected_t, _ = training_batch(torch.stack(crops), MRISequence.T2F, run.schedule, gen)
+        assert torch.equal(t, expected_t) and torch.equal(x_in, expected_x_in)
+    assert any(flips) and not all(flips)  # both kinds happened in these 8 draws
+
+
+def test_cosine_schedule_decays_to_zero_and_is_applied_every_step(train_dir, tmp_path):
+    cfg = config(lr=0.01, iterations=4, lr_schedule="cosine")
+    assert [round(cfg.lr_at(step), 6) for step in range(5)] == [0.01, 0.008536, 0.005, 0.001464, 0.0]
+    assert config(lr=0.01).lr_at(3) == 0.01
+    run = Trainer(cfg, TrainingCases.from_folder(train_dir, MULTIPLE), tmp_path / "out")
+    used = []
+    real_step = run.optimizer.step
+
+    def record_lr(*args, **kwargs):  # type: ignore[no-untyped-def]
+        used.append(run.optimizer.param_groups[0]["lr"])
+        return real_step(*args, **kwargs)
+
+    run.optimizer.step = record_lr  # type: ignore[method-assign]
+    run.run()
+    assert used == pytest.approx([cfg.lr_at(step) for step in range(4)])
+
+
+def test_cli_trains_several_targets_in_turn_from_one_copy_of_the_data(train_dir, tmp_path, monkeypatch):
+    reads = []
+    real_preprocess = TrainingCases._preprocess
+    monkeypatch.setattr(
+        TrainingCases, "_preprocess", lambda self, i: reads.append(i) or real_preprocess(self, i)
+    )
+    out = tmp_path / "run"
+    options = [o if o != "t1c" else "t1n,t2f" for o in TINY_OPTIONS]
+    result = CliRunner().invoke(app, ["train", str(train_dir), str(out), *options, "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(reads) == [0, 1]  # each case read once for both targets
+    for target in ("t1n", "t2f"):
+        assert (
+            f"{target}: step 3 of 3 (done); weights: {out / 'weights' / f'{target}.safetensors'}"
+            in result.output
+        )
+        assert (out / target / "checkpoints" / "step_00000003.pt").is_file()
+    assert sorted(WeightsDir.open(out / "weights").checkpoints) == [MRISequence.T1N, MRISequence.T2F]
+
+    reads.clear()  # a rerun finds both finished: nothing to train, nothing read
+    result = CliRunner().invoke(app, ["train", str(train_dir), str(out), *options, "--iterations", "3"])
+    assert result.exit_code == 0 and reads == [], result.output
+
+
+def test_a_time_limit_checkpoints_each_target_and_the_rerun_goes_on(train_dir, tmp_path):
+    out = tmp_path / "run"
+    options = [o if o != "t1c" else "all" for o in TINY_OPTIONS]
+    command = ["train", str(train_dir), str(out), *options, "--iterations", "4", "--max-seconds", "0"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "time limit of 0 s a target reached" in result.output
+    for target in ("t1n", "t1c", "t2w", "t2f"):  # one step each, checkpointed
+        assert [p.name for p in (out / target / "checkpoints").iterdir()] == ["step_00000001.pt"]
+    result = CliRunner().invoke(app, command[:-2])
+    assert result.exit_code == 0, result.output
+    assert all(f"{t}: step 4 of 4 (done)" in result.output for t in ("t1n", "t1c", "t2w", "t2f"))
+
+
+def test_unknown_targets_and_bad_lists_are_refused(train_dir, tmp_path):
+    for target, words in (("t1n,t1n", "different targets"), ("t3x", "t3x")):
+        options = [o if o != "t1c" else target for o in TINY_OPTIONS]
+        result = CliRunner().invoke(app, ["train", str(train_dir), str(tmp_path / "r"), *options])
+        assert result.exit_code != 0 and words in result.output, result.output

@@ -185,15 +185,26 @@ def train(
     data: Annotated[
         Path, typer.Argument(help="Training folder: one sub-folder per case, all four sequences.")
     ],
-    out: Annotated[Path, typer.Argument(help="Run folder: checkpoints/, train_log.csv, weights/.")],
-    target: Annotated[str, typer.Option(help="Sequence to synthesise: t1n, t1c, t2w or t2f.")],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder: checkpoints/, train_log.csv, weights/ (several targets: OUT/<target>/)."
+        ),
+    ],
+    target: Annotated[
+        str, typer.Option(help="Sequence(s) to synthesise: t1n, t1c, t2w, t2f, a comma list, or all.")
+    ],
     iterations: Annotated[int, typer.Option(help="Optimiser steps (published: 1200000).")] = 1_200_000,
     lr: Annotated[float, typer.Option(help="Adam learning rate (published: 1e-5).")] = 1e-5,
+    lr_schedule: Annotated[
+        str, typer.Option(help="constant (published) or cosine (decays to 0 over --iterations).")
+    ] = "constant",
     batch_size: Annotated[int, typer.Option(help="Cases per step and GPU (published: 1).")] = 1,
     crop: Annotated[
         str | None,
         typer.Option(help="Random crops of this image-space size, e.g. 96,96,96 (default: whole volumes)."),
     ] = None,
+    flip: Annotated[bool, typer.Option(help="Mirror cases left-right at random (not published).")] = False,
     model_channels: Annotated[int, typer.Option(help="Base width (published: 64).")] = 64,
     channel_mult: Annotated[
         str, typer.Option(help="Width multipliers per level (published: 1,2,2,4,4).")
@@ -216,29 +227,38 @@ def train(
         typer.Option(help="Where to export <target>.safetensors + model.yaml (default OUT/weights)."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue from the newest checkpoint in OUT/checkpoints.")
+        bool, typer.Option(help="Continue from the newest checkpoint in the run folder.")
     ] = True,
     cache_gb: Annotated[
         float,
         typer.Option(
-            help="Keep up to this many GB of preprocessed cases in memory (a BraTS case: 0.13 GB); "
+            help="Keep up to this many GB of preprocessed cases in memory (a BraTS case: 0.064 GB); "
             "the others are read, in the background, whenever drawn."
         ),
     ] = 16.0,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Also keep preprocessed cases here, keyed by content: later runs skip reading."),
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop each target after this many seconds, checkpointed (rerun to go on)."),
+    ] = None,
     init_weights: Annotated[
         Path | None,
         typer.Option(
-            help="Start a new run from these weights (same architecture), e.g. to fine-tune crop-trained "
-            "weights on whole volumes; ignored when resuming from a checkpoint."
+            help="Start new runs from these weights (a file, or a weights directory for several targets), "
+            "e.g. to fine-tune crop-trained weights on whole volumes; ignored when resuming."
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Train one target's denoiser; multi-GPU with ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
+    """Train denoisers, one target after another on one copy of the data; multi-GPU with
+    ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
     from .config import ModelSpec
     from .runtime import configure_process
     from .signals import stop_requested_on_signals
-    from .training.run import train_folder
+    from .training.run import train_targets
     from .training.trainer import StepReport, TrainingConfig
 
     _setup_logging(verbose)
@@ -257,45 +277,72 @@ def train(
                 "sampler": sampler,
             }
         )
-        config = TrainingConfig(
-            target=target,
-            spec=spec,
-            iterations=iterations,
-            lr=lr,
-            batch_size=batch_size,
-            crop_size=tuple(_integers(crop)) if crop else None,  # type: ignore[arg-type]
-            ema_rate=ema_rate,
-            save_every=save_every,
-            log_every=log_every,
-            seed=seed,
-            precision=precision,
-        )
+        configs = [
+            TrainingConfig(
+                target=name,
+                spec=spec,
+                iterations=iterations,
+                lr=lr,
+                lr_schedule=lr_schedule,  # type: ignore[arg-type]
+                batch_size=batch_size,
+                crop_size=tuple(_integers(crop)) if crop else None,  # type: ignore[arg-type]
+                flip=flip,
+                ema_rate=ema_rate,
+                save_every=save_every,
+                log_every=log_every,
+                seed=seed,
+                precision=precision,
+            )
+            for name in _targets(target)
+        ]
         configure_process(cudnn_benchmark=False)
         # SIGINT/SIGTERM: finish the step, checkpoint it, exit 128 + signal; the same command resumes.
         with stop_requested_on_signals() as stop:
-            trainer = train_folder(
+            trainers = train_targets(
                 data,
                 out,
-                config,
+                configs,
                 weights_dir=weights_dir,
                 resume=resume,
                 init_weights=init_weights,
                 cache_bytes=int(cache_gb * 1e9),
+                cache_dir=cache_dir,
+                max_seconds=max_seconds,
                 on_log=report,
                 should_stop=stop.is_set,
             )
     except CwdmError as exc:
         raise _fail(exc) from exc
-    if trainer.step < config.iterations:
+    for trainer in trainers:
+        state = "done" if trainer.step >= trainer.config.iterations else "stopped"
+        where = f"weights: {trainer.weights_file}"
+        typer.echo(f"{trainer.config.target}: step {trainer.step} of {iterations} ({state}); {where}")
+    unfinished = len(trainers) < len(configs) or any(t.step < t.config.iterations for t in trainers)
+    if unfinished and (stop.is_set() or max_seconds is None):
         signum = stop.signal_number or signal.SIGTERM  # another rank's signal stopped this one
+        last = trainers[-1]
         typer.secho(
-            f"stopped by {signal.Signals(signum).name} after step {trainer.step} of {config.iterations}; "
-            f"checkpoint saved, weights exported to {trainer.weights_file}: rerun the same command to resume",
+            f"stopped by {signal.Signals(signum).name} after step {last.step} of {iterations}; checkpoint "
+            f"saved, weights exported to {last.weights_file}: rerun the same command to resume",
             err=True,
             fg=typer.colors.YELLOW,
         )
         raise typer.Exit(128 + signum)
-    typer.echo(f"weights: {trainer.weights_file}")
+    if unfinished:
+        typer.secho(
+            f"time limit of {max_seconds:g} s a target reached; checkpoints saved: rerun to go on",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+
+
+def _targets(text: str) -> list[str]:
+    """``"t1n,t2f"`` -> ``["t1n", "t2f"]``; ``"all"`` -> the four sequences in canonical order."""
+    from .sequences import CANONICAL_ORDER
+
+    if text.strip().lower() == "all":
+        return [str(seq) for seq in CANONICAL_ORDER]
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _integers(text: str) -> list[int]:

@@ -1,14 +1,21 @@
-"""A training run end to end, the flow behind ``cwdm train``: read the cases, build the trainer on this
-process's device, resume from the newest checkpoint (or start from given weights), train until done or
-asked to stop, export the weights.
+"""Training runs end to end, the flow behind ``cwdm train``: read the cases once, then for each target
+build the trainer on this process's device, resume from its newest checkpoint (or start from given
+weights), train until done, out of time or asked to stop, and export the weights.
+
+Several targets are trained in turn by one process on one copy of the data: a target's run folder is
+``OUT/<target>/`` and all of them export into one weights directory (``OUT/weights/`` by default). A
+single target keeps the run folder ``OUT/`` itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..weights.folder import WeightsDir
 from .data import TrainingCases
 from .distributed import make_trainer
 from .trainer import StepReport, Trainer, TrainingConfig
@@ -16,48 +23,105 @@ from .trainer import StepReport, Trainer, TrainingConfig
 log = logging.getLogger(__name__)
 
 
-def train_folder(
+def train_targets(
     data_dir: Path,
     out_dir: Path,
-    config: TrainingConfig,
+    configs: Sequence[TrainingConfig],
     *,
     weights_dir: Path | None = None,
     resume: bool = True,
     init_weights: Path | None = None,
     cache_bytes: int | None = None,
+    cache_dir: Path | None = None,
+    max_seconds: float | None = None,
     on_log: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> Trainer:
-    """Train ``config.target``'s denoiser on the complete cases of ``data_dir``.
+) -> list[Trainer]:
+    """Train the denoiser of each config's target on the complete cases of ``data_dir``, in turn.
 
     Args:
         data_dir: One sub-folder per case with all four sequences (others are ignored).
-        out_dir: ``checkpoints/``, ``train_log.csv`` and, by default, ``weights/``.
-        config: The run's settings.
-        weights_dir: Where to export ``<target>.safetensors`` and ``model.yaml`` (default
-            ``out_dir/weights``).
-        resume: Continue from the newest checkpoint in ``out_dir/checkpoints`` when there is one.
-        init_weights: Start a new run from these published-layout weights (ignored when resuming).
+        out_dir: The run folder of a single target, or the parent of one run folder per target.
+        configs: One per target, in training order; the targets must differ.
+        weights_dir: Where the weights are exported (``<target>.safetensors`` and ``model.yaml``);
+            default ``out_dir/weights``.
+        resume: Continue each target from the newest checkpoint of its run folder, when there is one (a
+            target already at its last step is only re-exported).
+        init_weights: Start new runs from these published-layout weights: a file (one target) or a weights
+            directory (a checkpoint per target); ignored when resuming.
         cache_bytes: Keep at most this many bytes of preprocessed cases in memory (``None``: all).
+        cache_dir: Also keep preprocessed cases on disk there (:class:`TrainingCases`).
+        max_seconds: Stop each target's run after this many seconds (checkpointed; a rerun goes on).
         on_log: Called with each logged :class:`StepReport`.
-        should_stop: Asked after every step; once true, the run checkpoints the step and returns.
+        should_stop: Asked after every step; once true, the current target checkpoints its step and no
+            further target starts.
 
     Returns:
-        The trainer after the run: ``trainer.step < config.iterations`` when it was stopped early.
+        The trainers, in ``configs`` order, of the targets that ran; ``trainer.step < iterations`` for
+        one that was stopped early.
 
     Raises:
         CwdmError: no complete case, an unreadable case, a checkpoint of other settings, a diverged loss.
     """
-    data = TrainingCases.from_folder(
-        data_dir, 2 * config.spec.denoiser_config().size_multiple, cache_bytes=cache_bytes
+    targets = [config.target for config in configs]
+    if len(set(targets)) != len(targets) or not targets:
+        raise ConfigError(f"expected one or more different targets, got {[str(t) for t in targets]}")
+    multiple = 2 * configs[0].spec.denoiser_config().size_multiple
+    data = TrainingCases.from_folder(data_dir, multiple, cache_bytes=cache_bytes, cache_dir=cache_dir)
+    out_dir = Path(out_dir)
+    weights_dir = Path(weights_dir) if weights_dir is not None else out_dir / "weights"
+    trainers = []
+    for config in configs:
+        run_dir = out_dir if len(configs) == 1 else out_dir / str(config.target)
+        trainer = make_trainer(config, data, run_dir, weights_dir)
+        if trainer.device != data.device and trainer.device.type == "cuda":
+            _load_onto(data, trainer)
+        if resume and (latest := trainer.latest_checkpoint()) is not None:
+            trainer.load_checkpoint(latest)
+            log.info("%s: resumed from %s at step %d", config.target, latest, trainer.step)
+        elif init_weights is not None:
+            source = _init_file(Path(init_weights), config, several=len(configs) > 1)
+            trainer.load_weights(source)
+            log.info("%s: starting from the weights in %s", config.target, source)
+        log.info("training %s on %d cases, %s", config.target, len(data), trainer.device)
+        trainer.run(on_log=on_log, should_stop=_stop_rule(should_stop, max_seconds))
+        trainers.append(trainer)
+        if should_stop is not None and should_stop():
+            break
+    return trainers
+
+
+def _load_onto(data: TrainingCases, trainer: Trainer) -> None:
+    """Keep every case on the trainer's GPU, so that the batches are made there (read once, here)."""
+    start = time.perf_counter()
+    data.to(trainer.device)
+    data.preload()
+    log.info(
+        "%d cases on %s: %.2f GB, read in %.1f s",
+        len(data),
+        trainer.device,
+        data.nbytes / 1e9,
+        time.perf_counter() - start,
     )
-    trainer = make_trainer(config, data, out_dir, weights_dir)
-    if resume and (latest := trainer.latest_checkpoint()) is not None:
-        trainer.load_checkpoint(latest)
-        log.info("resumed from %s at step %d", latest, trainer.step)
-    elif init_weights is not None:
-        trainer.load_weights(init_weights)
-        log.info("starting from the weights in %s", init_weights)
-    log.info("training %s on %d cases, %s", config.target, len(data), trainer.device)
-    trainer.run(on_log=on_log, should_stop=should_stop)
-    return trainer
+
+
+def _init_file(path: Path, config: TrainingConfig, several: bool) -> Path:
+    if path.is_dir():
+        return WeightsDir.open(path).checkpoint(config.target)
+    if several:
+        raise ConfigError(f"--init-weights {path}: several targets need a weights directory, not one file")
+    return path
+
+
+def _stop_rule(
+    should_stop: Callable[[], bool] | None, max_seconds: float | None
+) -> Callable[[], bool] | None:
+    if max_seconds is None:
+        return should_stop
+    deadline = time.monotonic() + max_seconds
+    return lambda: time.monotonic() > deadline or (should_stop is not None and should_stop())
+
+
+def train_folder(data_dir: Path, out_dir: Path, config: TrainingConfig, **options: object) -> Trainer:
+    """:func:`train_targets` for one target (``out_dir`` is its run folder); returns its trainer."""
+    return train_targets(data_dir, out_dir, [config], **options)[0]  # type: ignore[arg-type]

@@ -5,10 +5,16 @@ coefficients of the other three sequences, t uniform in 0..T-1, noise drawn in i
 transformed (not LLL-scaled), loss = MSE between predicted and true x0. Adam, lr 1e-5, batch 1 by
 default. Preprocessing is the inference preprocessing (:mod:`cwdm.cases.volumes`).
 
-Every random draw of the loop (case order, crop position, timestep, noise) comes from one CPU
-``torch.Generator`` whose state is saved in each checkpoint, so a resumed run continues exactly as the
-uninterrupted one would have. Multi-GPU training uses torchrun + DistributedDataParallel; each rank
-draws from its own generator stream (seeded with ``seed + rank``).
+Every random draw of the loop comes from seeded generators whose states are saved in each checkpoint,
+so a resumed run continues exactly as the uninterrupted one would have. Per step, in this order: the
+case picks, the crop offsets (per case and axis), the flips (per case, when enabled) and the timesteps
+from one CPU ``torch.Generator``; then the noise, from a generator on the training device (on a CPU, the
+same generator), so that a GPU run draws its noise where it is used. Multi-GPU training uses torchrun
++ DistributedDataParallel; each rank draws from its own streams (seeded with ``seed + rank``).
+
+Data path: the cases are read and preprocessed once and kept as 16-bit levels
+(:mod:`cwdm.training.data`); on a GPU they are kept on the GPU, where each step's crops, flips, wavelet
+transforms and noise are made, so the processor is not what the GPU waits for.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,11 +46,12 @@ from ..method.wavelets import build_condition, dwt3d, encode
 from ..runtime import autocast
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.checkpoints import check_state_dict, read_state_dict, write_state_dict
-from .data import TrainingCases, random_crop
+from .data import TrainingCases, dequantise, random_crop, random_flip
 
 log = logging.getLogger(__name__)
 
 PrecisionName = str  # "fp32" | "bf16" | "fp16"
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,10 @@ class TrainingConfig:
         seed: Seed of the loop's generator.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; GroupNorm stays float32).
         grad_clip: Clip the gradient norm to this value; ``None`` (published) disables it.
+        flip: Mirror each drawn case left-right with probability 1/2 (not published; augments small
+            training sets).
+        lr_schedule: ``constant`` (published) or ``cosine``: the learning rate decays from ``lr`` to 0
+            over ``iterations`` as ``lr * (1 + cos(pi * step / iterations)) / 2``.
     """
 
     target: MRISequence
@@ -80,9 +91,15 @@ class TrainingConfig:
     seed: int = 0
     precision: PrecisionName = "fp32"
     grad_clip: float | None = None
+    flip: bool = False
+    lr_schedule: LrSchedule = "constant"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "target", MRISequence(self.target))
+        try:
+            object.__setattr__(self, "target", MRISequence(self.target))
+        except ValueError as exc:
+            names = ", ".join(str(seq) for seq in CANONICAL_ORDER)
+            raise ConfigError(f"unknown target {self.target!r}; expected one of {names}") from exc
         multiple = 2 * self.spec.denoiser_config().size_multiple
         if self.crop_size is not None:
             crop = tuple(self.crop_size)
@@ -100,10 +117,17 @@ class TrainingConfig:
             "log_every": self.log_every >= 1,
             "precision": self.precision in ("fp32", "bf16", "fp16"),
             "ema_rate": self.ema_rate is None or 0 < self.ema_rate < 1,
+            "lr_schedule": self.lr_schedule in ("constant", "cosine"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid training settings: {', '.join(bad)}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the update that follows ``step`` finished steps."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, self.iterations) / self.iterations))
 
     def to_record(self) -> dict[str, Any]:
         """A plain-data record of the config (stored in checkpoints, compared on resume)."""
@@ -119,20 +143,30 @@ def training_batch(
     target: MRISequence,
     schedule: NoiseSchedule,
     generator: torch.Generator,
+    noise_generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Build one training example set from ``(B, 4, X, Y, Z)`` canonical-order volumes.
 
+    Args:
+        volumes: The cases' values in [0, 1], on the training device.
+        target: The sequence to synthesise.
+        schedule: The training noise schedule.
+        generator: CPU generator of the timesteps (and of the noise when ``noise_generator`` is None).
+        noise_generator: Generator on ``volumes``' device for the noise.
+
     Returns:
-        ``(x_in, t, x0)``: the network input ``(B, 32, ...)`` (noisy target coefficients then the
-        condition), timestep values ``(B,)`` and the clean target coefficients ``(B, 8, ...)``.
+        ``(x_in, t, x0)`` on ``volumes``' device: the network input ``(B, 32, ...)`` (noisy target
+        coefficients then the condition), timestep values ``(B,)`` and the clean target coefficients
+        ``(B, 8, ...)``.
     """
     order = {seq: i for i, seq in enumerate(CANONICAL_ORDER)}
     x0 = encode(volumes[:, order[target]].unsqueeze(1))
     cond = build_condition(volumes[:, [order[s] for s in condition_order(target)]])
     t_index = torch.randint(len(schedule), (volumes.shape[0],), generator=generator)
-    noise = dwt3d(torch.randn(volumes[:, :1].shape, generator=generator))  # image-space noise, unscaled
-    x_t = schedule.q_sample(x0, t_index, noise)
-    return torch.cat([x_t, cond], dim=1), schedule.timesteps[t_index], x0
+    noise_source = noise_generator or generator
+    noise = torch.randn(volumes[:, :1].shape, generator=noise_source, device=noise_source.device)
+    x_t = schedule.q_sample(x0, t_index.to(volumes.device), dwt3d(noise.to(volumes.device)))  # unscaled
+    return torch.cat([x_t, cond], dim=1), schedule.timesteps[t_index].to(volumes.device), x0
 
 
 def ema_decay(rate: float, updates_done: int) -> float:
@@ -190,6 +224,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.generator = torch.Generator().manual_seed(config.seed + self.rank)
+        # The noise is drawn where it is used: on a GPU from a generator there, on a CPU from the loop's.
+        self.noise_generator = (
+            None
+            if self.device.type == "cpu"
+            else torch.Generator(device=self.device).manual_seed(config.seed + self.rank)
+        )
         self.step = 0
         # Cases of the next step being read in the background (only for cases not in memory).
         self._prefetched: dict[int, Future[Tensor]] = {}
@@ -204,17 +244,21 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------
     def _next_volumes(self) -> Tensor:
-        """Draw ``batch_size`` cases (uniformly, from the loop's generator) and crop them."""
+        """Draw ``batch_size`` cases (uniformly, from the loop's generator), crop, flip; on the device."""
         picks = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
-        crops = [random_crop(self._case(int(i)), self.config.crop_size, self.generator) for i in picks]
+        volumes = []
+        for index in picks:
+            crop = random_crop(self._case(int(index)), self.config.crop_size, self.generator)
+            values = dequantise(crop.to(self.device))
+            volumes.append(random_flip(values, self.generator) if self.config.flip else values)
         for future in self._prefetched.values():  # a guess that did not come true (after a resume)
             future.cancel()
         self._prefetched.clear()
-        return torch.stack(crops)
+        return torch.stack(volumes)
 
     def _case(self, index: int) -> Tensor:
         future = self._prefetched.pop(index, None)
-        return future.result() if future is not None else self.data[index]
+        return future.result() if future is not None else self.data.levels(index)
 
     def _prefetch_next(self) -> None:
         """Start reading the cases the next step will draw, while this step computes.
@@ -231,7 +275,7 @@ class Trainer:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.config.batch_size, thread_name_prefix="cwdm-prefetch")
         for index in wanted:
-            self._prefetched[index] = self._pool.submit(self.data.__getitem__, index)
+            self._prefetched[index] = self._pool.submit(self.data.levels, index)
 
     def _stop_prefetch(self) -> None:
         for future in self._prefetched.values():
@@ -245,10 +289,13 @@ class Trainer:
     def train_step(self) -> float:
         """One optimiser step; returns the batch loss."""
         volumes = self._next_volumes()
-        x_in, t, x0 = training_batch(volumes, self.config.target, self.schedule, self.generator)
+        x_in, t, x0 = training_batch(
+            volumes, self.config.target, self.schedule, self.generator, self.noise_generator
+        )
         self._prefetch_next()  # every draw of this step is made: the next case draw is known
-        x_in, t, x0 = x_in.to(self.device), t.to(self.device), x0.to(self.device)
         self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.precision):
             pred = self._module(x_in, t)
@@ -291,6 +338,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
+            "noise_generator": None if self.noise_generator is None else self.noise_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -331,7 +379,18 @@ class Trainer:
         if not isinstance(state, dict) or state.get("format") != "cwdm-training-checkpoint-v1":
             raise CheckpointError(f"{path}: not a cwdm training checkpoint")
         ours, theirs = self.config.to_record(), state["config"]
-        resumable = ("target", "spec", "lr", "batch_size", "crop_size", "ema_rate", "seed", "precision")
+        resumable = (
+            "target",
+            "spec",
+            "lr",
+            "batch_size",
+            "crop_size",
+            "ema_rate",
+            "seed",
+            "precision",
+            "flip",
+            "lr_schedule",
+        )
         changed = [key for key in resumable if ours[key] != theirs.get(key)]
         if changed:
             raise CheckpointError(
@@ -343,6 +402,13 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["grad_scaler"])
         self.generator.set_state(state["generator"])
+        if self.noise_generator is not None:
+            if state.get("noise_generator") is None:
+                raise CheckpointError(
+                    f"{path}: written by a run on a CPU; it resumes on a CPU only (or start a new run "
+                    "from its exported weights with --init-weights)"
+                )
+            self.noise_generator.set_state(state["noise_generator"].cpu())
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
 
