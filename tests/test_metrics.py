@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import statistics
 from pathlib import Path
@@ -16,15 +17,8 @@ from typer.testing import CliRunner
 
 from cwdm.cli import app
 from cwdm.errors import CaseError, CwdmError, ShapeError
-from cwdm.evaluation.metrics import (
-    baseline_scores,
-    centre_crop,
-    evaluate,
-    mse,
-    psnr,
-    score_volumes,
-    ssim,
-)
+from cwdm.evaluation.evaluate import baseline_scores, evaluate
+from cwdm.evaluation.metrics import centre_crop, mse, psnr, score_volumes, ssim
 from cwdm.sequences import MRISequence, condition_order
 
 from .conftest import smooth_blobs
@@ -303,3 +297,92 @@ def test_cli_evaluate(tmp_path, truth_dir):
 
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nowhere"), str(truth_dir)])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+# -- regions and the organisers' score ------------------------------------------------------------------
+def _oracle_ssim_map(x: np.ndarray, y: np.ndarray, win: int = 7) -> np.ndarray:
+    """The local SSIM of every window that lies inside the volume, indexed by the window's centre."""
+    wx = sliding_window_view(x.astype(np.float64), (win,) * 3)
+    wy = sliding_window_view(y.astype(np.float64), (win,) * 3)
+    n = win**3
+    mx, my = wx.mean(axis=(-3, -2, -1)), wy.mean(axis=(-3, -2, -1))
+    vx, vy = wx.var(axis=(-3, -2, -1), ddof=1), wy.var(axis=(-3, -2, -1), ddof=1)
+    cxy = ((wx - mx[..., None, None, None]) * (wy - my[..., None, None, None])).sum(axis=(-3, -2, -1)) / (
+        n - 1
+    )
+    return ((2 * mx * my + 1e-4) * (2 * cxy + 9e-4)) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4))
+
+
+def test_brain_and_tumour_regions_against_the_oracle():
+    truth, pred = blob(3), blob(4)
+    brain = truth > 0
+    tumour = np.zeros(SHAPE, dtype=bool)
+    tumour[9:15, 8:14, 4:9] = True
+    regions = score_volumes(pred, truth, brain=brain, tumour=tumour)
+    local = _oracle_ssim_map(pred, truth)  # centres 3 .. n-4 on every axis
+    interior = np.zeros(SHAPE, dtype=bool)
+    interior[3:-3, 3:-3, 3:-3] = True
+    for name, mask in (("brain", brain), ("tumor", tumour)):
+        error = float(np.mean((pred[mask] - truth[mask]) ** 2))
+        assert regions[name].mse == pytest.approx(error, rel=1e-12)
+        assert regions[name].psnr == pytest.approx(-10 * math.log10(error), rel=1e-12)
+        inner = (mask & interior)[3:-3, 3:-3, 3:-3]
+        assert regions[name].ssim == pytest.approx(float(local[inner].mean()), abs=1e-9)
+    assert regions["tumor"].ssim != pytest.approx(regions["brain"].ssim)
+    assert set(score_volumes(pred, truth)) == {"full", "crop"}  # no masks, no such regions
+
+
+def _add_segmentation(truth_dir: Path, case: str, labels: tuple[int, ...] = (1, 2, 4)) -> np.ndarray:
+    seg = np.zeros(SHAPE, dtype=np.uint8)
+    seg[9:16, 7:15, 3:9] = labels[1]
+    seg[11:14, 9:13, 4:8] = labels[0]
+    seg[12:13, 10:12, 5:7] = labels[2]
+    nib.save(nib.Nifti1Image(seg, AFFINE), truth_dir / case / f"{case}-seg.nii.gz")
+    return seg
+
+
+@pytest.mark.parametrize("labels", [(1, 2, 4), (1, 2, 3)], ids=["BraTS-2018-2021", "BraTS-2023+"])
+def test_a_segmentation_adds_the_tumour_region_and_the_organisers_ssim(tmp_path, truth_dir, labels):
+    from cwdm.evaluation.brasyn import brasyn_scores
+
+    seg = _add_segmentation(truth_dir, CASES[0], labels)
+    pred_dir = tmp_path / "pred"
+    prediction = blob(30)
+    save(prediction, pred_dir / f"{CASES[0]}-t2f.nii.gz")
+    save(blob(31), pred_dir / f"{CASES[1]}-t1c.nii.gz")  # no segmentation: no tumour numbers
+    result = evaluate(pred_dir, truth_dir, baseline=True)
+    assert result.failures == ()
+    with_seg = next(s for s in result.scores if s.case_id == CASES[0] and s.source == "prediction")
+    raw = nib.load(truth_dir / CASES[0] / f"{CASES[0]}-t2f.nii.gz").get_fdata()
+    expected = brasyn_scores(prediction.astype(np.float32), raw, seg)
+    assert with_seg.brasyn == pytest.approx(expected)
+    assert 0.0 < with_seg.brasyn.non_tumor < with_seg.brasyn.tumor <= 1.0
+    assert "tumor" in with_seg.regions and "brain" in with_seg.regions
+    without = next(s for s in result.scores if s.case_id == CASES[1] and s.source == "prediction")
+    assert without.brasyn is None and "tumor" not in without.regions
+    copies = [s for s in result.scores if s.case_id == CASES[0] and s.source.startswith("copy-")]
+    assert len(copies) == 3 and all(s.brasyn is not None for s in copies)
+
+    rows = list(csv.DictReader(io.StringIO(result.to_csv())))
+    row = next(r for r in rows if r["case"] == CASES[0] and r["source"] == "prediction")
+    assert float(row["brasyn_ssim_tumor"]) == with_seg.brasyn.tumor
+    assert float(row["tumor_psnr"]) == with_seg.regions["tumor"].psnr
+    other = next(r for r in rows if r["case"] == CASES[1] and r["source"] == "prediction")
+    assert other["brasyn_ssim_non_tumor"] == "" and other["tumor_ssim"] == "" and other["brain_ssim"] != ""
+
+    table = result.summary_table()
+    assert "BraSyn SSIM tumor" in table and f"{with_seg.brasyn.tumor:.4f}" in table
+    assert "[1]" in table  # over the predictions, the tumour numbers come from one case of two
+
+
+def test_a_segmentation_on_another_grid_fails_that_case_only(tmp_path, truth_dir):
+    nib.save(
+        nib.Nifti1Image(np.zeros((5, 5, 5), dtype=np.uint8), AFFINE),
+        truth_dir / CASES[0] / f"{CASES[0]}-seg.nii.gz",
+    )
+    pred_dir = tmp_path / "pred"
+    save(blob(30), pred_dir / f"{CASES[0]}-t2f.nii.gz")
+    save(blob(31), pred_dir / f"{CASES[1]}-t1c.nii.gz")
+    result = evaluate(pred_dir, truth_dir)
+    assert [f.case_id for f in result.failures] == [CASES[0]] and "tumour mask" in result.failures[0].message
+    assert [s.case_id for s in result.scores] == [CASES[1]]

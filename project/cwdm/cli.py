@@ -371,7 +371,7 @@ def evaluate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop."""
-    from .evaluation.metrics import evaluate as evaluate_predictions
+    from .evaluation.evaluate import evaluate as evaluate_predictions
 
     _setup_logging(verbose)
     try:

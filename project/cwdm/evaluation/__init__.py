@@ -1,2 +1,3 @@
-"""Scoring syntheses against the ground truth (:mod:`.metrics`) and making pseudo-validation folders as
-the organisers do (:mod:`.drop`)."""
+"""Scoring syntheses against the ground truth: the metrics by region (:mod:`.metrics`), the organisers'
+tumour / non-tumour SSIM (:mod:`.brasyn`), folders of predictions (:mod:`.evaluate`), and
+pseudo-validation folders made as the organisers make them (:mod:`.drop`)."""
