@@ -151,6 +151,12 @@ def infer(
     report_path: Annotated[
         str | None, typer.Option("--report_path", help="Run report (JSON); default under $TMPDIR.")
     ] = None,
+    qc_path: Annotated[
+        str | None,
+        typer.Option(
+            "--qc_path", help="QC folder (previews, index.html, uncertainty maps); never output_path."
+        ),
+    ] = None,
 ) -> None:
     """Synthesise the missing sequence of every case: <case>-<missing seq>.nii.gz in output_path."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -173,6 +179,7 @@ def infer(
                 choose_weights(Path(weights)),
                 params,
                 report_file,
+                qc_dir=Path(qc_path) if qc_path else None,
                 on_ready=_log_ready,
                 on_step=_log_steps,  # the pipeline logs each case
             )

@@ -28,7 +28,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "config": FOUNDATION | {"method", "cases"},
     "runtime": FOUNDATION | {"config"},
     "weights": FOUNDATION | {"method", "config"},
-    "inference": FOUNDATION | {"method", "cases", "config", "runtime", "weights"},
+    "qc": FOUNDATION | {"cases"},
+    "inference": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "qc"},
     "training": FOUNDATION | {"method", "cases", "config", "runtime", "weights"},
     "evaluation": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "inference"},
 }

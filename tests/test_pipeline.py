@@ -352,6 +352,8 @@ def test_report_json_goes_outside_the_output_folder(tmp_path: Path) -> None:
         "seed": 0,
         "batch_size": 1,
         "postprocess": "brain_mask",
+        "timestep_spacing": "linspace",
+        "samples": 1,
     }
     assert record["cases"][0]["output"].endswith("BraTS-GLI-00001-000-t2f.nii.gz")
     assert record["cases"][1]["status"] == "ignored"

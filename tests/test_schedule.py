@@ -95,3 +95,19 @@ def test_q_sample_per_batch_indices():
     abar = schedule.alphas_cumprod
     assert out[0].mean().item() == pytest.approx(abar[0].sqrt().item(), rel=1e-6)
     assert out[1].mean().item() == pytest.approx(abar[999].sqrt().item(), rel=1e-6)
+
+
+def test_trailing_spacing_counts_back_from_the_last_timestep():
+    from cwdm.method.schedule import trailing_timesteps
+
+    assert trailing_timesteps(1000, 1) == [999]
+    assert trailing_timesteps(1000, 2) == [499, 999]
+    assert trailing_timesteps(1000, 10) == [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]
+    for count in range(1, 1001):  # distinct, increasing, the last always kept
+        kept = trailing_timesteps(1000, count)
+        assert len(kept) == count and kept[-1] == 999 and kept == sorted(set(kept))
+    respaced = NoiseSchedule.linear(1000).respaced(10, "trailing")
+    assert respaced.timesteps.tolist() == trailing_timesteps(1000, 10)
+    full = NoiseSchedule.linear(1000)
+    expected = full.alphas_cumprod[torch.tensor(trailing_timesteps(1000, 10))]
+    torch.testing.assert_close(respaced.alphas_cumprod, expected, rtol=1e-12, atol=0)

@@ -63,6 +63,12 @@ def infer(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps (overrides sampling_steps).")] = None,
     sampler: Annotated[str | None, typer.Option(help="ddpm (published) or ddim.")] = None,
+    spacing: Annotated[
+        str | None, typer.Option(help="Timestep spacing: linspace (published) or trailing (for 1-2 steps).")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="Draws per case: their mean is written, their sd is the uncertainty.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed; each case's generator derives from it.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cuda or cpu.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
@@ -73,6 +79,10 @@ def infer(
     report: Annotated[
         Path | None,
         typer.Option(help="Run report (JSON), outside OUT (default: OUT-report.json beside OUT)."),
+    ] = None,
+    qc: Annotated[
+        Path | None,
+        typer.Option(help="QC folder, outside OUT: a preview per case, index.html, uncertainty maps."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -86,6 +96,7 @@ def infer(
     console = _setup_rich_logging(verbose)
     options = {"sampling_steps": steps, "sampler": sampler, "seed": seed, "device": device}
     options |= {"precision": precision, "batch_size": batch_size, "postprocess": postprocess}
+    options |= {"timestep_spacing": spacing, "samples": samples}
     progress = _InferProgress(console)
     try:
         with stop_on_signals(), progress:  # SIGINT/SIGTERM: stop cleanly, then report what was done
@@ -97,6 +108,7 @@ def infer(
                 weights,
                 params,
                 report or out.with_name(f"{out.name}-report.json"),
+                qc_dir=qc,
                 on_ready=progress.start,
                 on_case=progress.case_done,
                 on_step=progress.step,
@@ -411,6 +423,32 @@ def drop_sequence(
         )
     for path in report.ignored:
         typer.echo(f"skipped {path}: not a case folder or not a file")
+
+
+@app.command()
+def qc(
+    pred_dir: Annotated[Path, typer.Argument(help="Predictions, <case>-<seq>.nii.gz (any tool's).")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="The case folders they were made from (or complete ones).")
+    ],
+    out: Annotated[Path, typer.Argument(help="QC folder: a preview per prediction and index.html.")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Previews of predictions already written, and their contact sheet (OUT/index.html)."""
+    from .qc.run import qc_folder
+
+    _setup_logging(verbose)
+    try:
+        entries = qc_folder(
+            pred_dir,
+            data_dir,
+            out,
+            on_case=lambda e: typer.echo(f"{e.case_id}  {e.target or '-'}  {e.status}"),
+        )
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"contact sheet: {out / 'index.html'}")
+    raise typer.Exit(1 if any(entry.status == "failed" for entry in entries) else 0)
 
 
 weights_app = typer.Typer(help="Check or fetch a weights directory.", no_args_is_help=True)

@@ -12,6 +12,7 @@ the published configuration.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from .cases.preprocessing import PostprocessName
 from .errors import ConfigError
 from .method.denoiser import DenoiserConfig
 from .method.sampling import SamplerName
-from .method.schedule import NoiseSchedule
+from .method.schedule import NoiseSchedule, TimestepSpacing
+
+log = logging.getLogger(__name__)
 
 DeviceName = Literal["auto", "cuda", "cpu"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
@@ -47,6 +50,10 @@ class RunParameters(_Strict):
         sampling_steps: Sampling steps, respaced evenly; ``None`` takes the model's default
             (``model.yaml``), which is the published 1000 unless the weights say otherwise.
         sampler: ``ddpm`` (published) or ``ddim`` (deterministic); ``None`` takes the model's default.
+        timestep_spacing: Which timesteps respaced sampling keeps: ``linspace`` (published) or
+            ``trailing`` (one or two steps need it); ``None`` takes the model's default.
+        samples: Draws per case; with more than one the output is their voxel-wise mean and their
+            voxel-wise standard deviation is the uncertainty map (README, "Uncertainty").
         seed: Seed of each case's generator: same seed, same device -> same output.
         device: ``auto`` picks CUDA when available.
         precision: Network arithmetic; ``auto`` is bf16 on a GPU that supports it, else fp32.
@@ -63,6 +70,8 @@ class RunParameters(_Strict):
 
     sampling_steps: StrictInt | None = Field(default=None, ge=1, le=PUBLISHED_STEPS)
     sampler: SamplerName | None = None
+    timestep_spacing: TimestepSpacing | None = None
+    samples: StrictInt = Field(default=1, ge=1, le=64)
     seed: StrictInt = Field(default=42, ge=0, lt=2**63)
     device: DeviceName = "auto"
     precision: PrecisionName = "auto"
@@ -91,6 +100,7 @@ class ModelSpec(_Strict):
     noise_schedule: Literal["linear", "cosine"] = "linear"
     sampling_steps: StrictInt = Field(default=PUBLISHED_STEPS, ge=1)
     sampler: SamplerName = "ddpm"
+    timestep_spacing: TimestepSpacing = "linspace"
 
     @field_validator("channel_mult", mode="before")
     @classmethod
@@ -211,6 +221,8 @@ class SamplingSettings:
     Attributes:
         steps: Reverse-diffusion steps, respaced from the training schedule.
         sampler: ``ddpm`` or ``ddim``.
+        spacing: Which timesteps the respacing keeps (``linspace`` or ``trailing``).
+        samples: Draws per case (their mean is written).
         seed: The run seed (each case's generator derives from it).
         batch_size: Cases of one target sampled together.
         postprocess: The post-processing variant.
@@ -221,6 +233,8 @@ class SamplingSettings:
     seed: int
     batch_size: int
     postprocess: PostprocessName
+    spacing: TimestepSpacing = "linspace"
+    samples: int = 1
 
     @classmethod
     def resolve(
@@ -242,10 +256,18 @@ class SamplingSettings:
                 f"sampling_steps {steps} exceeds the model's {spec.diffusion_steps} diffusion steps "
                 f"({source}); use at most {spec.diffusion_steps}"
             )
+        spacing = params.timestep_spacing or spec.timestep_spacing
+        if steps == 1 and spacing == "linspace" and spec.diffusion_steps > 1:
+            log.warning(
+                "one sampling step with the published linspace spacing keeps only t = 0 (the network "
+                "sees pure noise as if it were clean); timestep_spacing: trailing keeps t = T - 1"
+            )
         return cls(
             steps=steps,
             sampler=params.sampler or spec.sampler,
             seed=params.seed,
             batch_size=params.batch_size,
             postprocess=params.postprocess,
+            spacing=spacing,
+            samples=params.samples,
         )

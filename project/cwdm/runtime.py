@@ -174,19 +174,27 @@ def resolve_runtime(device: DeviceName = "auto", precision: PrecisionName = "aut
     return Runtime(device=resolved, precision=effective, notes=notes)
 
 
-def case_seed(seed: int, case_id: str) -> int:
-    """The seed of one case's generator: the first 63 bits of SHA-256 of ``"<seed>/<case_id>"``.
+def case_seed(seed: int, case_id: str, draw: int = 0) -> int:
+    """The seed of one draw's generator: the first 63 bits of SHA-256 of ``"<seed>/<case_id>"`` for the
+    first draw of a case, and of ``"<seed>/<case_id>/<draw>"`` for its further draws (``samples`` > 1).
 
     A hash (rather than, say, ``seed + index``) makes the value independent of the case's position
-    in the run, and different for every case even when the run seeds are neighbours.
+    in the run, and different for every case and draw even when the run seeds are neighbours. The first
+    draw's seed does not depend on ``samples``: one sample gives what a run without the option gives.
     """
-    digest = hashlib.sha256(f"{seed}/{case_id}".encode()).digest()
+    key = f"{seed}/{case_id}" if draw == 0 else f"{seed}/{case_id}/{draw}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
 def case_generator(seed: int, case_id: str, device: torch.device) -> torch.Generator:
+    """The generator of a case's first draw: :func:`sample_generator` with ``draw`` 0."""
+    return sample_generator(seed, case_id, 0, device)
+
+
+def sample_generator(seed: int, case_id: str, draw: int, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded with :func:`case_seed` (the sampler draws on that device)."""
-    return torch.Generator(device=device).manual_seed(case_seed(seed, case_id))
+    return torch.Generator(device=device).manual_seed(case_seed(seed, case_id, draw))
 
 
 def worker_devices(device: torch.device) -> tuple[torch.device, ...]:

@@ -76,6 +76,10 @@ def test_options_override_the_parameters_file(data: Path, tmp_path: Path, tiny_w
         "1",
         "--sampler",
         "ddim",
+        "--spacing",
+        "trailing",
+        "--samples",
+        "2",
         "--batch-size",
         "2",
         "--report",
@@ -89,6 +93,8 @@ def test_options_override_the_parameters_file(data: Path, tmp_path: Path, tiny_w
         "seed": 1,
         "batch_size": 2,
         "postprocess": "threshold",
+        "timestep_spacing": "trailing",
+        "samples": 2,
     }
 
 

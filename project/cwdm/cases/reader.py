@@ -58,6 +58,19 @@ def read_sequences(case: Case, sequences: Sequence[MRISequence]) -> list[Volume]
     return volumes
 
 
+def read_segmentation(case: Case) -> np.ndarray | None:
+    """The labels of the case's ``<case>-seg.nii.gz`` (or ``.nii``), or None when it has none.
+
+    Raises:
+        VolumeReadError: the file is there but cannot be read.
+    """
+    for suffix in (".nii.gz", ".nii"):
+        path = case.folder / f"{case.case_id}-seg{suffix}"
+        if path.is_file():
+            return read_case_file(case.case_id, path, "segmentation").data
+    return None
+
+
 def _affine_note(a: Volume, b: Volume) -> str:
     if a.shape != b.shape:
         return ""

@@ -27,7 +27,7 @@ import numpy as np
 from ..atomic import write_atomic
 from ..cases.discovery import Case, read_case
 from ..cases.preprocessing import normalise
-from ..cases.reader import read_case_file
+from ..cases.reader import read_case_file, read_segmentation
 from ..cases.volumes import Volume, same_grid
 from ..errors import CaseError, CwdmError, ShapeError
 from ..sequences import MRISequence, condition_order
@@ -258,15 +258,6 @@ def _truth_file(case: Case, target: MRISequence) -> Path:
     return case.files[target]
 
 
-def _segmentation(case: Case) -> np.ndarray | None:
-    """The case's ``<case>-seg.nii(.gz)`` labels, or None when it has none."""
-    for suffix in (".nii.gz", ".nii"):
-        path = case.folder / f"{case.case_id}-seg{suffix}"
-        if path.is_file():
-            return read_case_file(case.case_id, path, "segmentation").data
-    return None
-
-
 def _score(
     case_id: str,
     target: MRISequence,
@@ -331,7 +322,7 @@ def baseline_scores(case_dir: Path, target: MRISequence | str) -> list[CaseScore
     case_dir = Path(case_dir)
     case = _truth_case(case_dir.parent, case_dir.name)
     truth = read_case_file(case.case_id, _truth_file(case, target), "ground truth")
-    seg = _segmentation(case)
+    seg = read_segmentation(case)
     present = [seq for seq in condition_order(target) if seq in case.files]
     if not present:
         raise CaseError(case.case_id, f"no present sequence to copy as {target}", case.folder)
@@ -401,7 +392,7 @@ def evaluate(
     for case_id, target, path in predictions:
         try:
             truth_case = _truth_case(truth_dir, case_id)
-            seg = _segmentation(truth_case)
+            seg = read_segmentation(truth_case)
             scores.append(score_prediction(path, _truth_file(truth_case, target), case_id, seg))
         except CaseError as exc:
             log.debug("not scored: %s", exc)

@@ -22,9 +22,10 @@ import numpy as np
 
 from ..cases.discovery import Case
 from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, PostprocessName, normalise
-from ..cases.reader import read_sequences
+from ..cases.reader import read_segmentation, read_sequences
 from ..cases.volumes import Volume, write_volume_atomic
 from ..errors import CaseError
+from ..qc.previews import Panel, render_preview
 from ..sequences import MRISequence, condition_order
 from .report import CaseResult
 
@@ -115,26 +116,34 @@ def _blank_inputs(
 
 def write_prediction(
     item: PreparedCase,
-    volume: np.ndarray,
+    volumes: np.ndarray,
     elapsed_s: float,
     postprocess: PostprocessName,
     checkpoint: Path | None = None,
+    qc_dir: Path | None = None,
 ) -> CaseResult:
-    """Post-process one sampled volume, put it on the input grid and write it atomically.
+    """Post-process the sampled volumes of one case, put their mean on the input grid, write it atomically.
+
+    With several draws the written prediction is the voxel-wise mean of the post-processed draws, and the
+    result carries the mean of their voxel-wise standard deviation (ddof 1) inside the brain (the first
+    condition's non-zero voxels). With ``qc_dir`` the case also gets its preview there
+    (:func:`cwdm.qc.previews.render_preview`) and, with several draws, the standard deviation as NIfTI on
+    the input grid; a preview that cannot be drawn is a warning on the result, not a failure.
 
     Args:
         item: The prepared case.
-        volume: The sampled image-space volume in network layout (not clamped).
+        volumes: ``(draws, *network_shape)`` sampled image-space volumes in network layout (not clamped).
         elapsed_s: Time spent on the case so far.
         postprocess: The post-processing variant.
         checkpoint: The model's file, named in the error about non-finite values.
+        qc_dir: The quality-control folder, if any.
 
     Raises:
-        CaseError: the sampled volume has NaN or infinite values, or the output file cannot be
-            written (no partial file remains).
+        CaseError: a sampled volume has NaN or infinite values, or the output file cannot be written
+            (no partial file remains).
     """
     start = time.perf_counter()
-    finite = np.isfinite(volume)
+    finite = np.isfinite(volumes)
     if not finite.all():
         raise CaseError(
             item.case.case_id,
@@ -142,12 +151,72 @@ def write_prediction(
             "voxels; nothing was written (check the checkpoint, or use precision fp32)",
             checkpoint,
         )
-    result = item.layout.to_grid(POSTPROCESSES[postprocess](volume, item.cond[0]))
+    draws = [POSTPROCESSES[postprocess](volume, item.cond[0]) for volume in volumes]
+    mean = draws[0] if len(draws) == 1 else np.mean(draws, axis=0, dtype=np.float64).astype(np.float32)
+    spread = None if len(draws) == 1 else np.std(draws, axis=0, ddof=1, dtype=np.float64).astype(np.float32)
+    result = item.layout.to_grid(mean)
     try:
         write_volume_atomic(result, item.reference.header, item.output)
     except OSError as exc:
         raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
+    uncertainty = None
+    warnings = item.warnings
+    if spread is not None:
+        brain = item.cond[0] > 0
+        uncertainty = float(spread[brain].mean()) if brain.any() else 0.0
+    if qc_dir is not None:
+        warnings += _quality_control(item, result, spread, Path(qc_dir))
     elapsed_s += time.perf_counter() - start
     return CaseResult(
-        item.case.case_id, "written", item.target, item.output, elapsed_s, warnings=item.warnings
+        item.case.case_id,
+        "written",
+        item.target,
+        item.output,
+        elapsed_s,
+        warnings=warnings,
+        uncertainty=uncertainty,
     )
+
+
+def preview_name(case_id: str, target: MRISequence) -> str:
+    """The preview's file name in the QC folder."""
+    return f"{case_id}-{target}.png"
+
+
+def uncertainty_name(case_id: str, target: MRISequence) -> str:
+    """The uncertainty map's file name in the QC folder (not a prediction's name: it ends in ``-std``)."""
+    return f"{case_id}-{target}-std.nii.gz"
+
+
+def _quality_control(
+    item: PreparedCase, synthesis: np.ndarray, spread: np.ndarray | None, qc_dir: Path
+) -> tuple[str, ...]:
+    """Write the case's uncertainty map and preview into ``qc_dir``; returns warnings instead of raising:
+    the prediction is written already and stands."""
+    case, target = item.case, item.target
+    try:
+        spread_on_grid = None if spread is None else item.layout.to_grid(spread)
+        if spread_on_grid is not None:
+            write_volume_atomic(
+                spread_on_grid, item.reference.header, qc_dir / uncertainty_name(case.case_id, target)
+            )
+        inputs = [item.layout.to_grid(values) for values in item.cond]
+        panels = [
+            Panel(str(seq), values) for seq, values in zip(condition_order(target), inputs, strict=True)
+        ]
+        panels.append(Panel(f"{target} (synthesised)", normalise(synthesis)))
+        if spread_on_grid is not None:
+            panels.append(Panel("uncertainty (sd)", spread_on_grid, colour=True))
+        tumour = read_segmentation(case)
+        render_preview(
+            qc_dir / preview_name(case.case_id, target),
+            panels,
+            item.reference.affine,
+            tumour > 0 if tumour is not None and (tumour > 0).any() else inputs[0] > 0,
+            f"{case.case_id}: {target} synthesised from {', '.join(str(s) for s in condition_order(target))}",
+        )
+    except (OSError, ValueError, CaseError) as exc:  # the prediction is written already and stands
+        note = f"no preview or uncertainty map: {type(exc).__name__}: {exc}"
+        log.warning("%s: %s", case.case_id, note)
+        return (note,)
+    return ()

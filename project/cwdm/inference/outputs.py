@@ -71,6 +71,33 @@ def prepare_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
         ) from exc
 
 
+def prepare_qc_folder(qc_dir: Path, out_dir: Path, cases: Sequence[Case]) -> None:
+    """Check the quality-control folder (previews, uncertainty maps) and create it.
+
+    It may not be the output folder, lie inside it or contain it (the output folder holds predictions
+    only), nor lie inside the data folder or a case folder (inputs are never modified).
+
+    Raises:
+        ConfigError: naming both folders.
+        CwdmError: it cannot be created.
+    """
+    qc_dir, out_dir = Path(qc_dir), Path(out_dir)
+    if is_inside(qc_dir, out_dir) or is_inside(out_dir, qc_dir):
+        raise ConfigError(
+            f"the QC folder {qc_dir} overlaps the output folder {out_dir}; the output folder must hold "
+            "predictions only: choose a separate QC folder"
+        )
+    for folder in sorted({case.folder.parent for case in cases} | {case.folder for case in cases}):
+        if is_inside(qc_dir, folder):
+            raise ConfigError(
+                f"the QC folder {qc_dir} is inside the input folder {folder}; choose one outside it"
+            )
+    try:
+        qc_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CwdmError(f"cannot create the QC folder {qc_dir} ({exc})") from exc
+
+
 def output_complete(output: Path, reference_file: Path) -> bool:
     """Whether ``output`` is a readable volume on the grid of ``reference_file`` (a finished output)."""
     if output.is_symlink() or not output.is_file():

@@ -46,6 +46,8 @@ class CaseResult:
         error: Why the case failed, was ignored or was interrupted.
         error_type: The exception's class name, for failed cases.
         warnings: Remarks on a case that was written all the same (e.g. a constant input volume).
+        uncertainty: With several draws (``samples``), the mean of their voxel-wise standard deviation
+            inside the brain.
     """
 
     case_id: str
@@ -56,6 +58,7 @@ class CaseResult:
     error: str | None = None
     error_type: str | None = None
     warnings: tuple[str, ...] = ()
+    uncertainty: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,6 +86,7 @@ class CaseResult:
             "error": self.error,
             "error_type": self.error_type,
             "warnings": list(self.warnings),
+            "uncertainty_mean_in_brain": self.uncertainty,
         }
 
 
@@ -153,6 +157,8 @@ class RunReport:
                 "seed": self.settings.seed,
                 "batch_size": self.settings.batch_size,
                 "postprocess": self.settings.postprocess,
+                "timestep_spacing": self.settings.spacing,
+                "samples": self.settings.samples,
             },
             "models": {str(seq): str(path) for seq, path in self.models.items()},
             "unavailable_models": {str(seq): reason for seq, reason in self.unavailable.items()},

@@ -16,6 +16,8 @@ from typing import NamedTuple
 from ..cases.discovery import Case, discover_cases, needed_targets
 from ..config import RunParameters
 from ..errors import CwdmError, Interrupted
+from ..qc.sheet import SHEET_NAME, SheetEntry, write_sheet
+from .casework import preview_name
 from .report import CaseCallback, RunReport, check_report_path, write_report
 from .synthesizer import BatchStepCallback, Synthesizer
 
@@ -44,6 +46,7 @@ def run_folder(
     params: RunParameters,
     report_path: Path,
     *,
+    qc_dir: Path | None = None,
     on_ready: ReadyCallback | None = None,
     on_case: CaseCallback | None = None,
     on_step: BatchStepCallback | None = None,
@@ -56,6 +59,9 @@ def run_folder(
         weights_dir: One checkpoint per target plus ``model.yaml``.
         params: The run parameters, already merged with any command-line options.
         report_path: The JSON run report; never inside ``out_dir`` (checked before anything runs).
+        qc_dir: A folder for quality control, never ``out_dir``: each written case's preview and, with
+            ``samples`` > 1, its uncertainty map, and ``index.html``, the contact sheet of every case
+            (written when the run ends, also when a signal stops it).
         on_ready: See :data:`ReadyCallback` (progress bars, a log line of the settings).
         on_case: Called with each case's result as soon as it is known.
         on_step: Called after every sampling step of a batch.
@@ -77,12 +83,43 @@ def run_folder(
     if on_ready is not None:
         on_ready(synth, cases)
     try:
-        report = synth.run(cases, out_dir, on_case=on_case, on_step=on_step)
+        report = synth.run(cases, out_dir, qc_dir=qc_dir, on_case=on_case, on_step=on_step)
     except Interrupted as exc:
         if exc.report is None:
             raise
         report = exc.report  # type: ignore[assignment]
+    if qc_dir is not None:
+        _save_sheet(report, Path(qc_dir))
     return FolderRun(report, _save_report(report, report_path))
+
+
+def _save_sheet(report: RunReport, qc_dir: Path) -> None:
+    """The contact sheet of ``report`` in ``qc_dir``; a failure is logged (the outputs stand)."""
+    entries = []
+    for result in report.cases:
+        preview = preview_name(result.case_id, result.target) if result.target is not None else None
+        entries.append(
+            SheetEntry(
+                case_id=result.case_id,
+                target=None if result.target is None else str(result.target),
+                status=result.status,
+                preview=preview if preview is not None and (qc_dir / preview).is_file() else None,
+                elapsed_s=result.elapsed_s if result.status == "written" else None,
+                uncertainty=result.uncertainty,
+                error=result.error,
+                notes=result.warnings,
+            )
+        )
+    settings = report.settings
+    meta = (
+        f"{report.counts_text()} in {report.elapsed_s:.1f} s on {report.runtime.device} "
+        f"({report.runtime.precision}); {settings.sampler} {settings.steps} steps ({settings.spacing}), "
+        f"{settings.samples} draw(s) a case, seed {settings.seed}; output folder {report.out_dir}"
+    )
+    try:
+        write_sheet(qc_dir / SHEET_NAME, entries, f"cwdm infer: {report.out_dir.name}", meta)
+    except OSError as exc:
+        log.error("cannot write the contact sheet in %s (%s)", qc_dir, exc)
 
 
 def _save_report(report: RunReport, path: Path) -> Path | None:

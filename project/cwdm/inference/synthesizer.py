@@ -41,13 +41,13 @@ from ..method.denoiser import Denoiser
 from ..method.sampling import sample
 from ..method.schedule import NoiseSchedule
 from ..method.wavelets import build_condition, decode
-from ..runtime import Runtime, case_generator, resolve_runtime, worker_devices
+from ..runtime import Runtime, resolve_runtime, sample_generator, worker_devices
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.folder import WeightsDir
 from . import workers
 from .casework import PreparedCase, prepare_case, write_prediction
 from .fastpath import FastDenoiser, FastPathOptions, prepare_denoiser
-from .outputs import output_complete, prepare_output_folder
+from .outputs import output_complete, prepare_output_folder, prepare_qc_folder
 from .report import CaseCallback, CaseResult, CaseStatus, RunReport
 from .throughput import BackgroundWriter, OrderedRecorder, Throughput, prefetched
 
@@ -186,6 +186,7 @@ class Synthesizer:
         cases: Sequence[Case],
         out_dir: Path,
         *,
+        qc_dir: Path | None = None,
         on_case: CaseCallback | None = None,
         on_step: BatchStepCallback | None = None,
     ) -> RunReport:
@@ -194,6 +195,9 @@ class Synthesizer:
         Args:
             cases: From :func:`cwdm.cases.discovery.discover_cases`.
             out_dir: The output folder (created if needed); it must not lie inside the data folder.
+            qc_dir: Where each written case also gets its preview (``<case>-<target>.png``) and, with
+                ``samples`` > 1, its uncertainty map (``<case>-<target>-std.nii.gz``); never the output
+                folder (:func:`cwdm.inference.outputs.prepare_qc_folder`).
             on_case: Called with each case's :class:`CaseResult` as soon as it is known.
             on_step: Called after every sampling step, see :data:`BatchStepCallback`.
 
@@ -210,6 +214,8 @@ class Synthesizer:
         start = time.perf_counter()
         out_dir = Path(out_dir)
         prepare_output_folder(out_dir, cases)
+        if qc_dir is not None:
+            prepare_qc_folder(qc_dir, out_dir, cases)
 
         results: dict[str, CaseResult] = {}
 
@@ -250,9 +256,9 @@ class Synthesizer:
                     continue
                 batches += [(target, todo[first : first + size]) for first in range(0, len(todo), size)]
             if self.throughput.sharded and batches:
-                workers.run_sharded(self, batches, out_dir, record, on_step)
+                workers.run_sharded(self, batches, out_dir, record, on_step, qc_dir)
             else:
-                self.process(batches, out_dir, record, on_step)
+                self.process(batches, out_dir, record, on_step, qc_dir)
         except KeyboardInterrupt as exc:  # a signal (cwdm.signals) or Ctrl-C: report what was done
             stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
             stop.report = report(stop.signum)
@@ -328,6 +334,7 @@ class Synthesizer:
         out_dir: Path,
         record: CaseCallback,
         on_step: BatchStepCallback | None,
+        qc_dir: Path | None = None,
     ) -> None:
         """Prepare, sample and write ``batches`` in this process (background I/O per :attr:`throughput`);
         also the work of one worker process (:mod:`cwdm.inference.workers`).
@@ -346,8 +353,8 @@ class Synthesizer:
         try:
             with BackgroundWriter(flow.max_pending_writes, flow.background_io) as writer:
 
-                def write(item: PreparedCase, volume: np.ndarray, elapsed_s: float) -> None:
-                    recorder.add_future(writer.submit(self._write_isolated, item, volume, elapsed_s))
+                def write(item: PreparedCase, volumes: np.ndarray, elapsed_s: float) -> None:
+                    recorder.add_future(writer.submit(self._write_isolated, item, volumes, elapsed_s, qc_dir))
 
                 stream = prefetched(
                     batches,
@@ -398,55 +405,91 @@ class Synthesizer:
         on_step: BatchStepCallback | None,
         write: Callable[[PreparedCase, np.ndarray, float], None],
     ) -> None:
-        """Sample same-shaped cases together; on running out of device memory, retry in halves.
+        """Sample the ``samples`` draws of each of these same-shaped cases; hand each case's
+        ``(samples, *network_shape)`` volumes to ``write`` once all its draws are done."""
+        samples = self.settings.samples
+        pending = {item.case.case_id: _Draws(item, samples) for item in group}
+        failed: set[str] = set()
+
+        def fail(result: CaseResult) -> None:
+            failed.add(result.case_id)
+            record(result)
+
+        draws = [(item, index) for item in group for index in range(samples)]
+        self._sample_draws(target, draws, pending, failed, fail, on_step, write)
+
+    def _sample_draws(
+        self,
+        target: MRISequence,
+        draws: Sequence[tuple[PreparedCase, int]],
+        pending: dict[str, _Draws],
+        failed: set[str],
+        fail: CaseCallback,
+        on_step: BatchStepCallback | None,
+        write: Callable[[PreparedCase, np.ndarray, float], None],
+    ) -> None:
+        """Sample draws together; on running out of device memory, retry in halves.
 
         A batch that does not fit in the accelerator's memory is sampled again at half the size, down
-        to one case at a time, and the smaller size is kept for the rest of the run. A case that does
-        not fit even alone fails with :class:`DeviceMemoryError`; never silently. Each retry starts
-        its cases' generators afresh, so the outputs are those of a run at the smaller batch size.
+        to one draw at a time, and the smaller size is kept for the rest of the run. A draw that does
+        not fit even alone fails its case with :class:`DeviceMemoryError`; never silently. Each retry
+        starts its draws' generators afresh, so the outputs are those of a run at the smaller batch size.
         """
-        limit = self._batch_limit or len(group)
-        if len(group) > limit:
-            for first in range(0, len(group), limit):
-                self._sample_group(target, group[first : first + limit], record, on_step, write)
+        draws = [draw for draw in draws if draw[0].case.case_id not in failed]
+        limit = self._batch_limit or len(draws)
+        if len(draws) > limit:
+            for first in range(0, len(draws), limit):
+                self._sample_draws(
+                    target, draws[first : first + limit], pending, failed, fail, on_step, write
+                )
             return
+        if not draws:
+            return
+        cases = list({item.case.case_id: item.case for item, _ in draws}.values())
         out_of_memory = ""
-        with self._isolate([item.case for item in group], target, record):
+        with self._isolate(cases, target, fail):
             start = time.perf_counter()
             try:
-                volumes = self._synthesise(target, group, on_step)
+                volumes = self._synthesise(target, draws, on_step)
             except torch.OutOfMemoryError as exc:
-                if len(group) == 1:
+                if len(draws) == 1:
                     raise DeviceMemoryError(
-                        group[0].case.case_id,
+                        cases[0].case_id,
                         f"out of {self.runtime.device} memory sampling {target} even alone (batch size 1): "
                         f"{_first_line(exc)}; use a larger GPU, or precision bf16/fp16",
-                        group[0].case.folder,
+                        cases[0].folder,
                     ) from exc
                 out_of_memory = _first_line(exc)
             else:
-                share = (time.perf_counter() - start) / len(group)
-                for item, volume in zip(group, volumes, strict=True):
-                    write(item, volume, item.elapsed_s + share)
+                share = (time.perf_counter() - start) / len(draws)
+                for (item, index), volume in zip(draws, volumes, strict=True):
+                    done = pending[item.case.case_id]
+                    if done.add(index, volume, share):
+                        write(item, done.stacked(), item.elapsed_s + done.elapsed_s)
         if out_of_memory:  # retried here, outside the handler, whose traceback held the batch's tensors
-            self._batch_limit = len(group) // 2
+            self._batch_limit = len(draws) // 2
             log.warning(
-                "out of %s memory sampling %d cases together (%s; %s); retrying %d at a time",
+                "out of %s memory sampling %d %s together (%s; %s); retrying %d at a time",
                 self.runtime.device,
-                len(group),
-                ", ".join(item.case.case_id for item in group),
+                len(draws),
+                "cases" if self.settings.samples == 1 else "draws",
+                ", ".join(case.case_id for case in cases),
                 out_of_memory,
                 self._batch_limit,
             )
             self.runtime.release_cached_memory()
-            self._sample_group(target, group, record, on_step, write)
+            self._sample_draws(target, draws, pending, failed, fail, on_step, write)
 
-    def _write_isolated(self, item: PreparedCase, volume: np.ndarray, elapsed_s: float) -> list[CaseResult]:
+    def _write_isolated(
+        self, item: PreparedCase, volumes: np.ndarray, elapsed_s: float, qc_dir: Path | None
+    ) -> list[CaseResult]:
         """:func:`write_prediction` inside the isolation boundary (on the writer thread when there is one)."""
         results: list[CaseResult] = []
         with self._isolate([item.case], item.target, results.append):
             checkpoint = self.checkpoints.get(item.target)
-            results.append(write_prediction(item, volume, elapsed_s, self.settings.postprocess, checkpoint))
+            results.append(
+                write_prediction(item, volumes, elapsed_s, self.settings.postprocess, checkpoint, qc_dir)
+            )
         return results
 
     def _network(self, denoiser: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
@@ -458,25 +501,53 @@ class Synthesizer:
         return fast
 
     def _synthesise(
-        self, target: MRISequence, group: Sequence[PreparedCase], on_step: BatchStepCallback | None
+        self,
+        target: MRISequence,
+        draws: Sequence[tuple[PreparedCase, int]],
+        on_step: BatchStepCallback | None,
     ) -> np.ndarray:
-        """Sample one batch; returns ``(B, *network_shape)`` float32 image-space volumes (not clamped)."""
+        """Sample one batch of draws; returns ``(B, *network_shape)`` float32 image-space volumes (not
+        clamped). Each draw has its own generator (:func:`cwdm.runtime.sample_generator`), so its result
+        depends on neither the batch nor the order."""
         device = self.runtime.device
-        ids = tuple(item.case.case_id for item in group)
+        ids = tuple(dict.fromkeys(item.case.case_id for item, _ in draws))
         step_callback = None if on_step is None else (lambda done, total: on_step(ids, done, total))
         with torch.inference_mode():
-            cond = build_condition(torch.from_numpy(np.stack([item.cond for item in group])).to(device))
+            cond = build_condition(torch.from_numpy(np.stack([item.cond for item, _ in draws])).to(device))
             coeffs = sample(
                 self._network(self.models[target]),
                 cond,
                 steps=self.settings.steps,
-                generator=[case_generator(self.settings.seed, case_id, device) for case_id in ids],
+                generator=[
+                    sample_generator(self.settings.seed, item.case.case_id, index, device)
+                    for item, index in draws
+                ],
                 clip=True,
                 sampler=self.settings.sampler,
                 schedule=self.schedule,
+                spacing=self.settings.spacing,
                 on_step=step_callback,
             )
             return decode(coeffs)[:, 0].float().cpu().numpy()
+
+
+class _Draws:
+    """The sampled volumes of one case, collected draw by draw (a batch may hold only some of them)."""
+
+    def __init__(self, item: PreparedCase, count: int) -> None:
+        self.item = item
+        self.volumes: list[np.ndarray | None] = [None] * count
+        self.elapsed_s = 0.0
+
+    def add(self, index: int, volume: np.ndarray, elapsed_s: float) -> bool:
+        """Keep draw ``index``; whether every draw of the case is now done."""
+        self.volumes[index] = volume
+        self.elapsed_s += elapsed_s
+        return all(v is not None for v in self.volumes)
+
+    def stacked(self) -> np.ndarray:
+        """``(samples, *network_shape)``, in draw order."""
+        return np.stack(self.volumes)  # type: ignore[arg-type]
 
 
 def _log_result(result: CaseResult) -> None:

@@ -48,6 +48,7 @@ def run_sharded(
     out_dir: Path,
     record: CaseCallback,
     on_step: BatchStepCallback | None,
+    qc_dir: Path | None = None,
 ) -> None:
     """Share ``batches`` out to one worker process per device of ``synth.throughput``; record their
     results in case order. A case whose worker died without reporting it fails (``WorkerError``)."""
@@ -66,7 +67,7 @@ def run_sharded(
         return CaseResult(case_id, "failed", targets[case_id], error=reason, error_type="WorkerError")
 
     run_workers(
-        functools.partial(_run_shard, factory, out_dir),
+        functools.partial(_run_shard, factory, out_dir, qc_dir),
         batches,
         synth.throughput.devices,
         record=record,
@@ -114,9 +115,10 @@ def _from_parts(
 def _run_shard(
     factory: WorkerFactory,
     out_dir: Path,
+    qc_dir: Path | None,
     device: torch.device,
     batches: Iterable[tuple[MRISequence, Sequence[Case]]],
     events: WorkerEvents,
 ) -> None:
     """The work of one worker process (see :func:`cwdm.inference.throughput.run_workers`)."""
-    factory(device).process(batches, out_dir, events.record, events.on_step)
+    factory(device).process(batches, out_dir, events.record, events.on_step, qc_dir)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, TimestepSpacing
 from .wavelets import NUM_BANDS, clip_coeffs
 
 SamplerName = Literal["ddpm", "ddim"]
@@ -114,6 +114,7 @@ def sample(
     clip: bool = True,
     sampler: SamplerName = "ddpm",
     schedule: NoiseSchedule | None = None,
+    spacing: TimestepSpacing = "linspace",
     on_step: StepCallback | None = None,
 ) -> Tensor:
     """Generate the scaled wavelet coefficients of the missing sequence.
@@ -129,13 +130,17 @@ def sample(
         clip: Clamp each x0 prediction to [0, 1] in image space, as published.
         sampler: ``"ddpm"`` (published, stochastic) or ``"ddim"`` (deterministic).
         schedule: The training schedule; the published linear 1000-step one by default.
+        spacing: Which timesteps ``steps`` keeps: ``linspace`` (published) or ``trailing`` (counted back
+            from the last: :func:`cwdm.method.schedule.trailing_timesteps`). One ``linspace`` step keeps
+            only t = 0, where the network is asked for x0 of pure noise as if it were nearly clean:
+            single-step sampling needs ``trailing``.
         on_step: Called as ``on_step(done, total)`` after every step.
 
     Returns:
         ``(B, 8, D, H, W)`` final scaled coefficients; :func:`cwdm.decode` gives the volume.
 
     Raises:
-        ConfigError: unknown sampler or a step count outside 1..T.
+        ConfigError: unknown sampler or spacing, or a step count outside 1..T.
         ShapeError: ``cond`` is not ``(B, 24, D, H, W)``.
     """
     if sampler not in SAMPLERS:
@@ -143,7 +148,7 @@ def sample(
     if cond.dim() != 5 or cond.shape[1] != 3 * NUM_BANDS:
         raise ShapeError(f"condition must be (B, 24, D, H, W), got {tuple(cond.shape)}")
     step_fn = SAMPLERS[sampler]
-    respaced = (schedule or NoiseSchedule.linear(1000)).respaced(steps)
+    respaced = (schedule or NoiseSchedule.linear(1000)).respaced(steps, spacing)
     x0_transform = clip_coeffs if clip else None
 
     shape = (cond.shape[0], NUM_BANDS, *cond.shape[2:])

@@ -16,6 +16,9 @@ from torch import Tensor
 from ..errors import ConfigError
 
 ScheduleName = Literal["linear", "cosine"]
+#: How respaced sampling picks its timesteps: ``linspace`` (published: first and last included) or
+#: ``trailing`` (counted back from the last, Lin et al. 2024; the one that works down to one step).
+TimestepSpacing = Literal["linspace", "trailing"]
 
 
 def _linear_betas(num_steps: int) -> Tensor:
@@ -51,6 +54,25 @@ def evenly_spaced_timesteps(num_steps: int, count: int) -> list[int]:
         taken.append(round(position))
         position += stride
     return taken
+
+
+def trailing_timesteps(num_steps: int, count: int) -> list[int]:
+    """Pick ``count`` timesteps of ``0..num_steps-1`` counted back from the last: ``round(num_steps - k *
+    num_steps / count) - 1`` for k = count-1, ..., 0, in increasing order.
+
+    The last timestep is always kept, so the first reverse step starts from (almost) pure noise, and the
+    smallest is ``num_steps / count - 1``: one step gives ``[999]`` of 1000, ten give 99, 199, ..., 999
+    ("trailing" spacing of Lin et al., 2024, "Common diffusion noise schedules and sample steps are
+    flawed"). The published spacing (:func:`evenly_spaced_timesteps`) keeps 0 instead, so one step of it
+    would start from pure noise at t = 0.
+    """
+    if not 1 <= count <= num_steps:
+        raise ConfigError(f"cannot take {count} sampling steps from a {num_steps}-step schedule")
+    return sorted({round(num_steps - k * num_steps / count) - 1 for k in range(count)})
+
+
+#: The spacing rules by their parameter name.
+TIMESTEP_SPACINGS = {"linspace": evenly_spaced_timesteps, "trailing": trailing_timesteps}
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,18 +128,27 @@ class NoiseSchedule:
             raise ConfigError(f"unknown noise schedule {name!r}; expected one of {sorted(builders)}")
         return builders[name](num_steps)
 
-    def respaced(self, count: int) -> NoiseSchedule:
+    def respaced(self, count: int, spacing: TimestepSpacing = "linspace") -> NoiseSchedule:
         """Keep ``count`` evenly strided steps; betas are rebuilt from the kept cumulative alphas.
 
         Args:
             count: Number of sampling steps, 1..len(self).
+            spacing: ``linspace`` (published: :func:`evenly_spaced_timesteps`) or ``trailing``
+                (:func:`trailing_timesteps`).
 
         Returns:
             A schedule whose ``timesteps`` hold the original values (100 of 1000: 0, 10, ..., 999).
+
+        Raises:
+            ConfigError: an impossible count or an unknown spacing.
         """
+        if spacing not in TIMESTEP_SPACINGS:
+            raise ConfigError(
+                f"unknown timestep spacing {spacing!r}; expected one of {sorted(TIMESTEP_SPACINGS)}"
+            )
         if count == len(self):
             return self
-        kept = evenly_spaced_timesteps(len(self), count)
+        kept = TIMESTEP_SPACINGS[spacing](len(self), count)
         previous = 1.0
         betas = []
         for index in kept:

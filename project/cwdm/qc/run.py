@@ -1,0 +1,120 @@
+"""``cwdm qc PRED DATA DIR``: previews and a contact sheet for predictions that are already written, by
+this tool or any other that follows the challenge's naming (``<case>-<seq>.nii.gz``).
+
+For each case folder of ``DATA`` the predictions of ``PRED`` that name it are drawn next to the case's
+present sequences (the condition of their target) and, where ``DATA`` holds the real sequence too (a
+complete case, as in a pseudo-validation set up from complete cases), next to the truth. A case with
+no prediction is listed as ``missing``; a prediction with no case, or one that cannot be read, as
+``failed`` with the reason. Nothing in ``PRED`` or ``DATA`` is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from ..cases.discovery import Case, discover_cases
+from ..cases.preprocessing import normalise
+from ..cases.reader import read_case_file, read_segmentation, read_sequences
+from ..errors import CaseError, CwdmError
+from ..sequences import MRISequence, condition_order
+from .previews import Panel, render_preview
+from .sheet import SHEET_NAME, SheetEntry, write_sheet
+
+log = logging.getLogger(__name__)
+
+_PREDICTION_NAME = re.compile(r"^(?P<case>.+)-(?P<seq>t1n|t1c|t2w|t2f)\.nii(?:\.gz)?$")
+
+
+def qc_folder(
+    pred_dir: Path, data_dir: Path, qc_dir: Path, *, on_case: Callable[[SheetEntry], None] | None = None
+) -> list[SheetEntry]:
+    """Draw a preview of every prediction of ``pred_dir`` into ``qc_dir`` and write its contact sheet.
+
+    Args:
+        pred_dir: Predictions, ``<case>-<seq>.nii.gz``.
+        data_dir: The case folders the predictions were made from (or complete ones).
+        qc_dir: Receives ``<case>-<seq>.png`` and ``index.html``; created if needed.
+        on_case: Called with each entry as soon as it is known.
+
+    Returns:
+        The sheet's entries, in case order, then predictions that match no case.
+
+    Raises:
+        CwdmError: a folder does not exist, or ``qc_dir`` is one of the other two.
+    """
+    pred_dir, data_dir, qc_dir = Path(pred_dir), Path(data_dir), Path(qc_dir)
+    if not pred_dir.is_dir():
+        raise CwdmError(f"prediction folder {pred_dir} does not exist or is not a folder")
+    if qc_dir.resolve() in (pred_dir.resolve(), data_dir.resolve()):
+        raise CwdmError(f"the QC folder {qc_dir} must differ from the prediction and data folders")
+    cases = discover_cases(data_dir)
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    predictions: dict[str, list[tuple[MRISequence, Path]]] = {}
+    for path in sorted(pred_dir.iterdir()):
+        match = _PREDICTION_NAME.match(path.name)
+        if match and path.is_file() and not path.name.startswith("."):
+            predictions.setdefault(match["case"], []).append((MRISequence(match["seq"]), path))
+    entries: list[SheetEntry] = []
+
+    def add(entry: SheetEntry) -> None:
+        entries.append(entry)
+        if on_case is not None:
+            on_case(entry)
+
+    for case in cases:
+        found = predictions.pop(case.case_id, [])
+        if not found:
+            target = case.missing[0] if case.expects_synthesis else None
+            add(SheetEntry(case.case_id, None if target is None else str(target), "missing"))
+        for target, path in found:
+            add(_preview_entry(case, target, path, qc_dir))
+    for case_id, found in predictions.items():
+        for target, path in found:
+            add(
+                SheetEntry(
+                    case_id,
+                    str(target),
+                    "failed",
+                    error=f"{path.name}: no case folder {case_id} in {data_dir}",
+                )
+            )
+    write_sheet(
+        qc_dir / SHEET_NAME, entries, f"cwdm qc: {pred_dir.name}", f"predictions {pred_dir}; cases {data_dir}"
+    )
+    return entries
+
+
+def _preview_entry(case: Case, target: MRISequence, path: Path, qc_dir: Path) -> SheetEntry:
+    try:
+        order = [seq for seq in condition_order(target) if seq in case.files]
+        if len(order) != 3:
+            raise CaseError(case.case_id, f"the case folder lacks a present sequence of {target}'s condition")
+        inputs = read_sequences(case, order)
+        prediction = read_case_file(case.case_id, path, "prediction")
+        if prediction.shape != inputs[0].shape:
+            raise CaseError(
+                case.case_id,
+                f"the prediction's grid {prediction.shape} differs from the case's {inputs[0].shape}",
+                path,
+            )
+        panels = [Panel(str(seq), normalise(volume.data)) for seq, volume in zip(order, inputs, strict=True)]
+        panels.append(Panel(f"{target} (prediction)", normalise(prediction.data)))
+        if target in case.files:
+            panels.append(Panel(f"{target} (truth)", normalise(read_sequences(case, [target])[0].data)))
+        seg = read_segmentation(case)
+        centre = seg > 0 if seg is not None and (seg > 0).any() else panels[0].volume > 0
+        name = f"{case.case_id}-{target}.png"
+        render_preview(
+            qc_dir / name,
+            panels,
+            inputs[0].affine,
+            centre,
+            f"{case.case_id}: {target} from {', '.join(order)}",
+        )
+    except (CaseError, OSError, ValueError) as exc:
+        log.error("%s: no preview: %s", case.case_id, exc)
+        return SheetEntry(case.case_id, str(target), "failed", error=str(exc))
+    return SheetEntry(case.case_id, str(target), "present", preview=name)
