@@ -132,3 +132,14 @@ def test_unlistable_folder_is_a_problem_not_a_crash(tmp_path: Path, monkeypatch:
     case = read_case(folder)
     with pytest.raises(CaseError, match="cannot list the folder \\(Permission denied\\)"):
         case.target()
+
+
+def test_case_errors_survive_pickling_for_worker_processes():
+    import pickle
+
+    from cwdm.errors import GeometryError
+
+    error = GeometryError("BraTS-GLI-00001-000", "t2w grid differs", Path("/x/y.nii.gz"))
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is GeometryError and str(again) == str(error)
+    assert (again.case_id, again.detail, again.path) == (error.case_id, error.detail, error.path)

@@ -12,6 +12,7 @@ the published configuration.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -271,3 +272,61 @@ class SamplingSettings:
             spacing=spacing,
             samples=params.samples,
         )
+
+
+class SweepSetting(_Strict):
+    """One setting of a quality-versus-time sweep (``cwdm sweep``): the run parameters that change what
+    is sampled or how fast. Field names are the parameters.yaml keys.
+    """
+
+    sampler: SamplerName = "ddpm"
+    sampling_steps: StrictInt = Field(default=PUBLISHED_STEPS, ge=1, le=PUBLISHED_STEPS)
+    timestep_spacing: TimestepSpacing = "linspace"
+    postprocess: PostprocessName = "brain_mask"
+    precision: PrecisionName = "fp32"
+    samples: StrictInt = Field(default=1, ge=1, le=64)
+
+    @property
+    def name(self) -> str:
+        """A file- and CSV-friendly name: ``ddim-10-trailing-brain_mask-fp32-k1``."""
+        return (
+            f"{self.sampler}-{self.sampling_steps}-{self.timestep_spacing}-{self.postprocess}-"
+            f"{self.precision}-k{self.samples}"
+        )
+
+    def run_parameters(self, base: RunParameters) -> RunParameters:
+        """``base`` with this setting's keys."""
+        return base.model_copy(update=self.model_dump())
+
+
+def expand_sweep_grid(data: Any, source: str = "sweep grid") -> list[SweepSetting]:
+    """Expand a grid: a list of entries, each a mapping of :class:`SweepSetting` keys to a value or a
+    list of values; every combination of an entry's lists is a setting, entries in order, duplicates
+    dropped.
+
+    Raises:
+        ConfigError: not a list of mappings, an unknown key, or a value out of range (naming the entry).
+    """
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{source}: expected a non-empty list of settings, got {type(data).__name__}")
+    settings: dict[str, SweepSetting] = {}
+    for number, entry in enumerate(data, start=1):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: entry {number} is not a mapping of keys to values")
+        keys = list(entry)
+        choices = [value if isinstance(value, list) else [value] for value in entry.values()]
+        for combination in itertools.product(*choices):
+            setting = _validate(
+                SweepSetting, dict(zip(keys, combination, strict=True)), f"{source}, entry {number}"
+            )
+            settings.setdefault(setting.name, setting)
+    return list(settings.values())
+
+
+def load_sweep_grid(path: Path) -> list[SweepSetting]:
+    """Read a grid YAML file (:func:`expand_sweep_grid`).
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML, or an invalid grid.
+    """
+    return expand_sweep_grid(_read_yaml(path), str(path))

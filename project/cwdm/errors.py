@@ -43,6 +43,11 @@ class CaseError(CwdmError):
         where = f" ({path})" if path is not None else ""
         super().__init__(f"{case_id}: {message}{where}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, Path | None]]:
+        # Rebuilt from the three arguments (the default would pass the formatted message alone), so that
+        # a case error crosses a process boundary intact (the sweep scores in worker processes).
+        return type(self), (self.case_id, self.detail, self.path)
+
 
 class GeometryError(CaseError):
     """The present sequences of a case do not share one voxel grid."""

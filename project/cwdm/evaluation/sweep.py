@@ -1,0 +1,471 @@
+"""What each sampling setting costs in score: ``cwdm sweep``.
+
+For a folder of complete cases, each case is made into a pseudo-validation case once per target (the
+target dropped: a folder of links to the three other sequences), synthesised with every setting of a
+grid (:class:`cwdm.config.SweepSetting`: sampler, steps, timestep spacing, post-processing, precision,
+draws a case), timed end to end (read, preprocess, sample, post-process, write: the case's time in the
+run report), and scored by :mod:`cwdm.evaluation.evaluate` (every region, the organisers' SSIM where the
+case has a segmentation). The models are loaded once; cases are synthesised one at a time, so that an
+interrupted sweep loses at most the case in progress: ``OUT/sweep.csv`` holds one row per setting, case
+and target, written as each is scored, and a rerun skips the rows it finds. Scoring runs in a pool of
+processes while the next case samples.
+
+:func:`summarise` turns the rows into a table per target and overall (mean over cases), marks the
+Pareto front (no other setting both faster and better), and :func:`recommend` picks the fastest setting
+within a tolerance of the best score measured; :func:`plot` draws score against seconds per case.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import write_atomic
+from ..cases.discovery import Case, discover_cases
+from ..cases.reader import read_segmentation
+from ..config import RunParameters, SamplingSettings, SweepSetting, expand_sweep_grid
+from ..errors import CwdmError
+from ..inference.fastpath import FastPathOptions
+from ..inference.synthesizer import Synthesizer
+from ..runtime import resolve_runtime
+from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
+from ..weights.folder import WeightsDir
+from .evaluate import columns, score_prediction
+
+log = logging.getLogger(__name__)
+
+#: The grid of ``cwdm sweep`` without ``--grid``: few-step DDIM both ways, DDPM up to the published 1000
+#: steps, the challenge container's post-processing, and four draws a case.
+DEFAULT_GRID: list[dict[str, object]] = [
+    {"sampler": "ddim", "timestep_spacing": "trailing", "sampling_steps": [1, 2, 3, 5, 10, 25]},
+    {"sampler": "ddim", "timestep_spacing": "linspace", "sampling_steps": [2, 5, 10, 25]},
+    {"sampler": "ddpm", "timestep_spacing": "linspace", "sampling_steps": [10, 50, 100, 1000]},
+    {"sampler": "ddim", "timestep_spacing": "trailing", "sampling_steps": [5, 10], "samples": 4},
+    {"sampler": "ddim", "timestep_spacing": "trailing", "sampling_steps": 10, "postprocess": "threshold"},
+]
+#: The CSV's columns before the scores.
+SETTING_COLUMNS = [
+    "setting",
+    "sampler",
+    "sampling_steps",
+    "timestep_spacing",
+    "postprocess",
+    "precision",
+    "samples",
+]
+ROW_COLUMNS = [*SETTING_COLUMNS, "case", "target", "seconds", "device", "uncertainty", *columns()]
+CSV_NAME = "sweep.csv"
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One synthesis of the sweep, scored."""
+
+    setting: SweepSetting
+    case_id: str
+    target: str
+    seconds: float
+    device: str
+    uncertainty: float | None
+    scores: dict[str, float]
+
+    def record(self) -> dict[str, str]:
+        values = {
+            "setting": self.setting.name,
+            **{key: str(value) for key, value in self.setting.model_dump().items()},
+            "case": self.case_id,
+            "target": self.target,
+            "seconds": repr(self.seconds),
+            "device": self.device,
+            "uncertainty": "" if self.uncertainty is None else repr(self.uncertainty),
+        }
+        return values | {key: "" if math.isnan(v) else repr(v) for key, v in self.scores.items()}
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of an existing ``sweep.csv`` (none when it does not exist)."""
+    if not path.is_file():
+        return []
+    return list(csv.DictReader(path.open(newline="")))
+
+
+def _write_rows(path: Path, rows: Iterable[dict[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ROW_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def _inputs(cases: Sequence[Case], target: MRISequence, root: Path) -> Path:
+    """A folder of pseudo-validation cases for ``target``: links to the three other sequences."""
+    folder = root / str(target)
+    for case in cases:
+        case_dir = folder / case.case_id
+        case_dir.mkdir(parents=True, exist_ok=True)
+        for seq in condition_order(target):
+            link = case_dir / case.files[seq].name
+            if not link.is_symlink():
+                link.symlink_to(case.files[seq].resolve())
+    return folder
+
+
+def _score(
+    setting: SweepSetting,
+    case: Case,
+    target: str,
+    prediction: Path,
+    seconds: float,
+    device: str,
+    uncertainty: float | None,
+) -> SweepRow:
+    """Score one prediction (in a worker process)."""
+    scored = score_prediction(
+        prediction, case.files[MRISequence(target)], case.case_id, read_segmentation(case)
+    )
+    return SweepRow(setting, case.case_id, target, seconds, device, uncertainty, scored.values())
+
+
+def run_sweep(
+    cases_dir: Path,
+    out_dir: Path,
+    weights_dir: Path,
+    grid: Sequence[SweepSetting] | None = None,
+    *,
+    targets: Sequence[MRISequence | str] | None = None,
+    base: RunParameters | None = None,
+    workers: int | None = None,
+    keep_predictions: bool = False,
+    on_row: Callable[[SweepRow], None] | None = None,
+) -> list[dict[str, str]]:
+    """Synthesise and score every complete case of ``cases_dir`` once per target and setting.
+
+    Args:
+        cases_dir: Complete cases (all four sequences; ``-seg`` files are used when present).
+        out_dir: The sweep folder: ``sweep.csv``, and ``work/`` (inputs, predictions while scored).
+        weights_dir: The weights to measure.
+        grid: The settings (default :data:`DEFAULT_GRID`).
+        targets: The targets to drop in turn (default all four).
+        base: Run parameters for what the grid does not set (seed, device, batch size, fast path).
+        workers: Scoring processes (default: the CPU count minus one, at least one).
+        keep_predictions: Keep every prediction (``work/predictions/<setting>/``) after it is scored.
+        on_row: Called with each new row.
+
+    Returns:
+        Every row of ``sweep.csv`` (those of earlier runs too), as strings.
+
+    Raises:
+        CwdmError: no complete case, a bad weights folder, or a case that failed to synthesise (the
+            sweep measures a working setup; a failure is not a score).
+    """
+    out_dir = Path(out_dir)
+    grid = list(grid) if grid is not None else expand_sweep_grid(DEFAULT_GRID)
+    base = base or RunParameters()
+    cases = [case for case in discover_cases(Path(cases_dir)) if case.is_complete]
+    if not cases:
+        raise CwdmError(f"no complete cases (all four sequences) in {cases_dir}")
+    wanted = [MRISequence(t) for t in targets] if targets else list(CANONICAL_ORDER)
+    weights = WeightsDir.open(Path(weights_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / CSV_NAME
+    rows = read_rows(csv_path)
+    done = {(row["setting"], row["case"], row["target"]) for row in rows}
+    work = out_dir / "work"
+    inputs = {target: _inputs(cases, target, work / "inputs") for target in wanted}
+    runtime = resolve_runtime(base.device, "fp32")
+    models = {target: weights.load(target, runtime.device) for target in wanted}
+    # Spawned, not forked: a fork of a process whose torch threads are running can hang or crash.
+    pool = ProcessPoolExecutor(
+        max_workers=workers or max(1, (os.cpu_count() or 2) - 1),
+        mp_context=multiprocessing.get_context("spawn"),
+    )
+    pending: list[Future[SweepRow]] = []
+
+    def collect(wait: bool, stopping: bool = False) -> None:
+        """Record the scored rows: the finished ones, or (``wait``) all. When ``stopping`` (after an
+        interruption) a scoring that failed is logged, not raised, so that the stop is what is reported."""
+        for future in [f for f in pending if wait or (f.done() and not f.cancelled())]:
+            pending.remove(future)
+            try:
+                row = future.result()
+            except Exception as exc:
+                if stopping:
+                    log.warning("a scoring was lost in the stop (%s); a rerun redoes it", exc)
+                    continue
+                raise CwdmError(f"a synthesis could not be scored: {type(exc).__name__}: {exc}") from exc
+            rows.append(row.record())
+            _write_rows(csv_path, rows)
+            if on_row is not None:
+                on_row(row)
+            if not keep_predictions:
+                (work / "predictions" / row.setting.name / f"{row.case_id}-{row.target}.nii.gz").unlink(
+                    missing_ok=True
+                )
+
+    try:
+        for setting in grid:
+            params = setting.run_parameters(base)
+            settings = SamplingSettings.resolve(params, weights.spec, weights.spec_path)
+            setting_runtime = resolve_runtime(params.device, setting.precision)
+            fast = FastPathOptions.resolve(setting_runtime.device, fast_path=params.fast_path)
+            pred_dir = work / "predictions" / setting.name
+            for target in wanted:
+                todo = [c for c in cases if (setting.name, c.case_id, str(target)) not in done]
+                if not todo:
+                    continue
+                synth = Synthesizer(
+                    {target: models[target]}, settings, setting_runtime, weights.schedule(), fast_path=fast
+                )
+                by_id = {case.case_id: case for case in discover_cases(inputs[target])}
+                for case in todo:
+                    stale = pred_dir / case.output_name(target)
+                    stale.unlink(missing_ok=True)  # written but not scored before an interruption: redo
+                    report = synth.run([by_id[case.case_id]], pred_dir)
+                    result = report.cases[0]
+                    if result.status != "written":
+                        raise CwdmError(
+                            f"{setting.name}: {case.case_id} ({target}) {result.status}: {result.error}"
+                        )
+                    pending.append(
+                        pool.submit(
+                            _score,
+                            setting,
+                            case,
+                            str(target),
+                            result.output,
+                            result.elapsed_s,
+                            str(setting_runtime.device),
+                            result.uncertainty,
+                        )
+                    )
+                    collect(wait=False)
+        collect(wait=True)
+    finally:
+        # Also when stopped: the scorings already running finish, and their rows are kept.
+        pool.shutdown(wait=True, cancel_futures=True)
+        collect(wait=False, stopping=True)
+    if not keep_predictions:
+        shutil.rmtree(work / "predictions", ignore_errors=True)
+    return rows
+
+
+# -- summary ---------------------------------------------------------------------------------------
+#: The scores the summary shows, with their titles.
+SUMMARY_SCORES = {
+    "full_psnr": "PSNR",
+    "full_ssim": "SSIM",
+    "brain_psnr": "PSNR brain",
+    "brasyn_ssim_tumor": "BraSyn SSIM tumour",
+    "brasyn_ssim_non_tumor": "BraSyn SSIM non-tumour",
+}
+
+
+@dataclass(frozen=True)
+class SettingSummary:
+    """Mean scores and time of one setting over a group of rows (a target's, or all)."""
+
+    setting: str
+    fields: dict[str, str]
+    n: int
+    seconds: float
+    scores: dict[str, float]
+    pareto_psnr: bool = False
+    pareto_ssim: bool = False
+
+
+def _mean(values: Iterable[str]) -> float:
+    numbers = [float(v) for v in values if v not in ("", None)]
+    return float(np.mean(numbers)) if numbers else math.nan
+
+
+def summarise(rows: Sequence[dict[str, str]], target: str | None = None) -> list[SettingSummary]:
+    """One :class:`SettingSummary` per setting (of ``target``, or over all targets), fastest first,
+    with the Pareto fronts of PSNR and SSIM against seconds marked."""
+    chosen = [row for row in rows if target is None or row["target"] == target]
+    summaries = []
+    for name in dict.fromkeys(row["setting"] for row in chosen):
+        group = [row for row in chosen if row["setting"] == name]
+        summaries.append(
+            SettingSummary(
+                setting=name,
+                fields={key: group[0][key] for key in SETTING_COLUMNS[1:]},
+                n=len(group),
+                seconds=_mean(row["seconds"] for row in group),
+                scores={key: _mean(row[key] for row in group) for key in SUMMARY_SCORES},
+            )
+        )
+    summaries.sort(key=lambda s: s.seconds)
+    return [
+        SettingSummary(
+            s.setting,
+            s.fields,
+            s.n,
+            s.seconds,
+            s.scores,
+            _on_front(s, summaries, "full_psnr"),
+            _on_front(s, summaries, "full_ssim"),
+        )
+        for s in summaries
+    ]
+
+
+def _on_front(candidate: SettingSummary, others: Sequence[SettingSummary], key: str) -> bool:
+    """No other setting is at least as fast and as good, and strictly better in one of the two."""
+    score = candidate.scores[key]
+    return not any(
+        o.seconds <= candidate.seconds
+        and o.scores[key] >= score
+        and (o.seconds < candidate.seconds or o.scores[key] > score)
+        for o in others
+        if o is not candidate
+    )
+
+
+def recommend(
+    summaries: Sequence[SettingSummary], psnr_tolerance: float = 0.5, ssim_tolerance: float = 0.01
+) -> SettingSummary:
+    """The fastest setting whose mean PSNR and SSIM are within the tolerances of the best measured."""
+    best_psnr = max(s.scores["full_psnr"] for s in summaries)
+    best_ssim = max(s.scores["full_ssim"] for s in summaries)
+    good = [
+        s
+        for s in summaries
+        if s.scores["full_psnr"] >= best_psnr - psnr_tolerance
+        and s.scores["full_ssim"] >= best_ssim - ssim_tolerance
+    ]
+    return min(good, key=lambda s: s.seconds)
+
+
+def markdown_table(summaries: Sequence[SettingSummary]) -> str:
+    """A Markdown table of the summaries (Pareto-front settings marked: P for PSNR, S for SSIM)."""
+    header = [
+        "sampler",
+        "steps",
+        "spacing",
+        "post-processing",
+        "precision",
+        "draws",
+        "n",
+        "s / case",
+        *SUMMARY_SCORES.values(),
+        "front",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summaries:
+        f = s.fields
+        cells = [
+            f["sampler"],
+            f["sampling_steps"],
+            f["timestep_spacing"],
+            f["postprocess"],
+            f["precision"],
+            f["samples"],
+            str(s.n),
+            f"{s.seconds:.3g}",
+        ]
+        for key in SUMMARY_SCORES:
+            value = s.scores[key]
+            cells.append("-" if math.isnan(value) else f"{value:.2f}" if "psnr" in key else f"{value:.4f}")
+        cells.append(("P" if s.pareto_psnr else "") + ("S" if s.pareto_ssim else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
+    """PSNR and SSIM against seconds per case (log scale), one point per setting, the Pareto front drawn."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5))
+    axes = figure.subplots(1, 2)
+    for ax, key, label in (
+        (axes[0], "full_psnr", "PSNR (dB), full volume"),
+        (axes[1], "full_ssim", "SSIM, full volume"),
+    ):
+        for s in summaries:
+            f = s.fields
+            marker = {"ddim": "o", "ddpm": "s"}.get(f["sampler"], "^")
+            colour = "tab:blue" if f["timestep_spacing"] == "trailing" else "tab:orange"
+            face = colour if f["samples"] == "1" and f["postprocess"] == "brain_mask" else "none"
+            ax.scatter(
+                s.seconds, s.scores[key], marker=marker, edgecolors=colour, facecolors=face, s=36, zorder=3
+            )
+            ax.annotate(
+                f["sampling_steps"],
+                (s.seconds, s.scores[key]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        front = sorted(
+            (s for s in summaries if (s.pareto_psnr if key == "full_psnr" else s.pareto_ssim)),
+            key=lambda s: s.seconds,
+        )
+        ax.plot(
+            [s.seconds for s in front],
+            [s.scores[key] for s in front],
+            color="black",
+            lw=1,
+            zorder=2,
+            label="Pareto front",
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per case (end to end)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles = [
+        axes[0].scatter(
+            [], [], marker="o", edgecolors="tab:blue", facecolors="tab:blue", label="DDIM, trailing"
+        ),
+        axes[0].scatter(
+            [], [], marker="o", edgecolors="tab:orange", facecolors="tab:orange", label="DDIM, linspace"
+        ),
+        axes[0].scatter(
+            [], [], marker="s", edgecolors="tab:orange", facecolors="tab:orange", label="DDPM, linspace"
+        ),
+        axes[0].scatter(
+            [], [], marker="o", edgecolors="gray", facecolors="none", label="4 draws, or threshold"
+        ),
+    ]
+    axes[1].legend(handles=[*handles, axes[1].lines[0]], fontsize=7, loc="lower right")
+    figure.suptitle(title + " (numbers: sampling steps)", fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return write_atomic(Path(path), buffer.getvalue())
+
+
+def write_report(rows: Sequence[dict[str, str]], out_dir: Path, title: str) -> tuple[Path, Path]:
+    """``sweep.md`` (a table per target and over all, and the recommendation) and ``sweep.png``."""
+    overall = summarise(rows)
+    choice = recommend(overall)
+    parts = [
+        f"# {title}",
+        "",
+        f"{len(rows)} syntheses scored. Mean over cases; times end to end per case.",
+        "",
+    ]
+    parts += ["## All targets", "", markdown_table(overall), ""]
+    for target in [str(t) for t in CANONICAL_ORDER if any(row["target"] == str(t) for row in rows)]:
+        parts += [f"## Missing {target}", "", markdown_table(summarise(rows, target)), ""]
+    parts += [
+        "## Recommended",
+        "",
+        f"`{choice.setting}`: the fastest setting within 0.5 dB PSNR and 0.01 SSIM of the best measured "
+        f"({choice.seconds:.1f} s a case, PSNR {choice.scores['full_psnr']:.2f} dB, "
+        f"SSIM {choice.scores['full_ssim']:.4f}).",
+        "",
+    ]
+    table = write_atomic(Path(out_dir) / "sweep.md", "\n".join(parts))
+    picture = plot(overall, Path(out_dir) / "sweep.png", title)
+    return table, picture

@@ -1,0 +1,154 @@
+"""cwdm sweep: the grid, one scored row per setting, case and target, resuming after an interruption,
+the summary (Pareto front, recommendation), the report files."""
+
+from __future__ import annotations
+
+import csv
+import signal
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cwdm.cli import app
+from cwdm.config import SweepSetting, expand_sweep_grid
+from cwdm.errors import ConfigError
+from cwdm.evaluation import sweep as sweep_module
+from cwdm.evaluation.sweep import SettingSummary, recommend, summarise
+from cwdm.inference.synthesizer import Synthesizer
+
+from .conftest import AFFINE, write_case, write_tiny_weights
+
+SHAPE = (30, 28, 16)  # the crop region keeps 14 x 12 x 16 voxels: room for the 7-voxel SSIM window
+
+GRID = [
+    {"sampler": "ddim", "timestep_spacing": "trailing", "sampling_steps": [1, 2]},
+    {"sampler": "ddpm", "sampling_steps": 2},
+]
+
+
+def test_a_grid_expands_every_combination_of_its_lists() -> None:
+    settings = expand_sweep_grid(
+        [{"sampler": "ddim", "sampling_steps": [1, 2], "samples": [1, 4]}, {"sampler": "ddpm"}]
+    )
+    assert [s.name for s in settings] == [
+        "ddim-1-linspace-brain_mask-fp32-k1",
+        "ddim-1-linspace-brain_mask-fp32-k4",
+        "ddim-2-linspace-brain_mask-fp32-k1",
+        "ddim-2-linspace-brain_mask-fp32-k4",
+        "ddpm-1000-linspace-brain_mask-fp32-k1",
+    ]
+    with pytest.raises(ConfigError, match="entry 2"):
+        expand_sweep_grid([{"sampler": "ddim"}, {"sampler": "euler"}])
+    with pytest.raises(ConfigError, match="unknown key 'steps'"):
+        expand_sweep_grid([{"steps": 3}])
+
+
+@pytest.fixture
+def sweep_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    for number in (1, 2):
+        case = f"BraTS-GLI-0000{number}-000"
+        write_case(tmp_path / "cases", case, missing=None, seed=number, shape=SHAPE)
+        seg = np.zeros(SHAPE, dtype=np.uint8)
+        seg[8:16, 6:13, 4:10] = 2
+        seg[10:13, 8:11, 6:8] = 4
+        nib.save(nib.Nifti1Image(seg, AFFINE), tmp_path / "cases" / case / f"{case}-seg.nii.gz")
+    return tmp_path / "cases", write_tiny_weights(tmp_path / "weights")
+
+
+def _command(cases: Path, weights: Path, out: Path, grid: Path) -> list[str]:
+    return [
+        "sweep",
+        str(cases),
+        str(out),
+        "--weights",
+        str(weights),
+        "--grid",
+        str(grid),
+        "--targets",
+        "t1n,t2f",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+    ]
+
+
+def test_an_interrupted_sweep_goes_on_where_it_stopped(
+    sweep_inputs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases, weights = sweep_inputs
+    grid = tmp_path / "grid.yaml"
+    import yaml
+
+    grid.write_text(yaml.safe_dump(GRID))
+    out = tmp_path / "sweep"
+    real_run = Synthesizer.run
+    calls = {"n": 0}
+
+    def run_then_stop(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 6:  # the sixth synthesis is cut short by Ctrl-C
+            signal.raise_signal(signal.SIGINT)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Synthesizer, "run", run_then_stop)
+    result = CliRunner().invoke(app, _command(cases, weights, out, grid))
+    assert result.exit_code == 130, result.output
+    first = list(csv.DictReader((out / "sweep.csv").open()))
+    assert 1 <= len(first) <= 5  # what was scored before the stop is kept
+
+    monkeypatch.setattr(Synthesizer, "run", real_run)
+    result = CliRunner().invoke(app, _command(cases, weights, out, grid))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    keys = [(r["setting"], r["case"], r["target"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 3 * 2 * 2  # settings x cases x targets, each once
+    assert rows[: len(first)] == first  # earlier rows untouched
+    for row in rows:
+        assert float(row["seconds"]) > 0 and 0 < float(row["full_ssim"]) <= 1
+        assert 0 < float(row["brasyn_ssim_non_tumor"]) < float(row["brasyn_ssim_tumor"]) <= 1
+    assert (out / "sweep.md").is_file() and (out / "sweep.png").stat().st_size > 10_000
+    assert "recommended:" in result.output
+    assert not (out / "work" / "predictions").exists()  # scored predictions are not kept
+    assert (
+        "## Missing t1n" in (out / "sweep.md").read_text()
+        and "## Missing t2f" in (out / "sweep.md").read_text()
+    )
+
+
+def _summary(name: str, seconds: float, psnr: float, ssim: float) -> SettingSummary:
+    scores = {key: float("nan") for key in sweep_module.SUMMARY_SCORES} | {
+        "full_psnr": psnr,
+        "full_ssim": ssim,
+    }
+    return SettingSummary(name, {}, 1, seconds, scores)
+
+
+def test_pareto_front_and_recommendation() -> None:
+    rows = []
+    for name, seconds, psnr, ssim in (
+        ("slow-best", 100.0, 26.0, 0.930),
+        ("fast-close", 5.0, 25.6, 0.925),
+        ("fast-bad", 4.0, 24.0, 0.900),
+        ("dominated", 50.0, 25.0, 0.910),
+    ):
+        setting = SweepSetting(sampling_steps=int(seconds))
+        rows.append(
+            {
+                "setting": name,
+                **{k: str(v) for k, v in setting.model_dump().items()},
+                "seconds": str(seconds),
+                "full_psnr": str(psnr),
+                "full_ssim": str(ssim),
+                **{k: "" for k in sweep_module.SUMMARY_SCORES if k not in ("full_psnr", "full_ssim")},
+                "target": "t1n",
+            }
+        )
+    summaries = summarise(rows)
+    assert [s.setting for s in summaries] == ["fast-bad", "fast-close", "dominated", "slow-best"]
+    assert {s.setting for s in summaries if s.pareto_psnr} == {"fast-bad", "fast-close", "slow-best"}
+    assert recommend(summaries).setting == "fast-close"  # within 0.5 dB and 0.01 of the best, fastest
+    assert recommend(summaries, psnr_tolerance=0.1).setting == "slow-best"
