@@ -91,6 +91,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "--precision",
         args.precision,
         *(["--crop", args.crop] if args.crop else []),
+        *(["--flip"] if args.flip else []),
+        *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(args.code)}
     samples: list[tuple[float, float, float]] = []
@@ -122,6 +124,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "overall_steps_per_s": steps[-1] / wall,
         "machine": platform.node(),
         "cpu_count": os.cpu_count(),
+        "flip": args.flip,
+        "cache_dir": None if args.cache_dir is None else str(args.cache_dir),
     }
     steady_from = start + result["first_log_s"]
     steady = [(u, m) for t, u, m in samples if t >= steady_from]
@@ -140,6 +144,8 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--crop", default="96,96,96", help="crop size, or '' for whole volumes")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--flip", action="store_true", help="random left-right flips (newer versions only)")
+    parser.add_argument("--cache-dir", type=Path, help="the training cache folder (newer versions only)")
     parser.add_argument("--code", type=Path, default=REPO / "project", help="the project/ folder to run")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
