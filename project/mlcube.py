@@ -1,24 +1,33 @@
-"""MLCube / MedPerf entry point of the cwdm-brasyn image (its ENTRYPOINT is
-``python3 /opt/cwdm/project/mlcube.py``).
+"""Entry point of the cwdm-brasyn image (its ENTRYPOINT is ``python3 /opt/cwdm/project/mlcube.py``), for
+every way BraSyn entries are run (README, "Where it runs"):
 
-    python3 project/mlcube.py infer --data_path=DATA --parameters_file=parameters.yaml \\
-        --weights=WEIGHTS --output_path=OUT
+1. No arguments at all (BraSyn 2025, the ``brats`` package's entries after 2024, plain ``docker run``):
+   cases from ``/input``, predictions to ``/output``, both mounted. Without both folders it prints how
+   to call it and exits with 2.
+2. ``infer --data_path=DATA --output_path=OUT [--weights=DIR] [--parameters_file=FILE]`` (MLCube,
+   MedPerf, the ``brats`` package's 2024 and earlier entries, which pass only the two folders).
+3. ``--entrypoint cwdm``: the whole ``cwdm`` command line (``infer``, ``evaluate``, ``qc``, ...).
 
-This file is run as a script, never imported as a module: ``mlcube`` is also the name of a PyPI
-package (the MLCube runner itself). It does what ``cwdm infer`` does, with the MLCube conventions:
+This file is run as a script, never imported as a module: ``mlcube`` is also the name of a PyPI package
+(the MLCube runner itself). It does what ``cwdm infer`` does, with the MLCube conventions:
 
 - options spelled ``--data_path`` ..., as MLCube's docker runner and MedPerf's ``run_args`` pass them;
 - a no-op ``hotfix`` command, so that typer keeps the ``infer`` sub-command (MLCube convention);
-- ``--weights``: a weights directory (one checkpoint per target, optional model.yaml). When it holds no
-  checkpoint file at all (an empty ``additional_files/weights``), the weights baked into the image are
-  used instead (``$CWDM_DEFAULT_WEIGHTS``, the demo weights), with a warning saying so;
+- ``--weights``: a weights directory (one checkpoint per target, optional model.yaml), or a folder whose
+  ``weights/`` sub-folder is one (MedPerf's additional files). Without ``--weights``, or when the folder
+  exists but holds no checkpoint (an empty ``additional_files/weights``), the weights baked into the
+  image are used (``$CWDM_DEFAULT_WEIGHTS``), with a warning; a folder that does not exist is an error;
+- ``--parameters_file``: a parameters.yaml; without it, the file ``$CWDM_PARAMETERS_FILE`` names (mounted
+  by an organiser who wants other settings without arguments), else the shipped defaults;
 - logs go to stderr and, with the JSON run report, to files outside the output folder: ``--report_path``
-  or ``$TMPDIR/cwdm-<UTC time>-report.json`` (+ ``.log``); MedPerf mounts its own folder at /tmp;
+  or ``<$CWDM_REPORT_DIR or $TMPDIR>/cwdm-<UTC time>-report.json`` (+ ``.log``); MedPerf mounts its own
+  folder at /tmp. ``--qc_path`` (or ``$CWDM_QC_DIR``) adds previews and a contact sheet, never in the
+  output folder;
 - exit code 0 only when every case with exactly one missing sequence has its output; 1 when a case
-  failed (its error is in the log and the report); 2 when nothing ran (bad parameters or weights);
-  130 / 143 when SIGINT / SIGTERM stopped the run (cleanly: no partial output, the report and the
-  summary table say which cases are unfinished, and a rerun does them). The summary table and the
-  report are produced in every case where the run started.
+  failed (its error is in the log and the report); 2 when nothing ran (bad parameters, weights or
+  folders, or no arguments without /input and /output); 130 / 143 when SIGINT / SIGTERM stopped the run
+  (cleanly: no partial output, the report and the summary table say which cases are unfinished, and a
+  rerun does them). The summary table and the report are produced in every case where the run started.
 """
 
 from __future__ import annotations
@@ -46,6 +55,25 @@ from cwdm.weights.folder import WeightsDir
 
 #: Environment variable naming the weights baked into the image (set by the Dockerfile).
 DEFAULT_WEIGHTS_ENV = "CWDM_DEFAULT_WEIGHTS"
+#: Environment variables an organiser may set instead of arguments (the 2025 convention passes none).
+PARAMETERS_ENV = "CWDM_PARAMETERS_FILE"
+REPORT_DIR_ENV = "CWDM_REPORT_DIR"
+QC_DIR_ENV = "CWDM_QC_DIR"
+#: The folders of the 2025 convention (``docker run -v CASES:/input -v OUT:/output IMAGE``).
+INPUT_DIR, OUTPUT_DIR = Path("/input"), Path("/output")
+USAGE = f"""\
+cwdm-brasyn: synthesises the missing MRI sequence of every BraTS case. Three ways to call it:
+
+  1. no arguments, with the cases mounted at {INPUT_DIR} and an output folder at {OUTPUT_DIR}
+     (BraSyn 2025; the brats package for entries after 2024):
+       docker run --rm -v CASES:{INPUT_DIR}:ro -v OUT:{OUTPUT_DIR} [--gpus all] IMAGE
+  2. infer --data_path=CASES --output_path=OUT [--weights=DIR] [--parameters_file=FILE]
+     [--report_path=FILE] [--qc_path=DIR]   (MLCube, MedPerf, the brats package for 2024 entries)
+  3. --entrypoint cwdm IMAGE ...   (the cwdm command line: infer, evaluate, qc, sweep, ...)
+
+Environment: {PARAMETERS_ENV} (a parameters.yaml), {REPORT_DIR_ENV} (where the run report goes),
+{QC_DIR_ENV} (a folder for previews), {DEFAULT_WEIGHTS_ENV} (the built-in weights).
+"""
 #: Sampling progress is logged this many times per batch.
 _STEP_LOG_POINTS = 10
 
@@ -53,28 +81,52 @@ log = logging.getLogger("cwdm.mlcube")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def choose_weights(given: Path) -> Path:
-    """The weights directory to use: ``given``, or ``$CWDM_DEFAULT_WEIGHTS`` when ``given`` has no checkpoint.
+def choose_weights(given: Path | None) -> Path:
+    """The weights directory to use.
+
+    ``given`` when it holds a checkpoint, else its ``weights/`` sub-folder when that does (MedPerf's
+    additional files); the image's built-in weights (``$CWDM_DEFAULT_WEIGHTS``) when ``given`` is None
+    or an existing folder without checkpoints (an empty ``additional_files/weights``).
 
     Raises:
-        CheckpointError: neither ``given`` nor the default holds a checkpoint.
+        CheckpointError: ``given`` does not exist, or no checkpoint is found where it should be.
     """
-    if WeightsDir.holds_checkpoints(given):
-        return given
+    if given is not None:
+        for folder in (given, given / "weights"):
+            if WeightsDir.holds_checkpoints(folder):
+                return folder
+        if not given.is_dir():
+            raise CheckpointError(
+                f"the weights folder {given} does not exist (is it mounted?); leave --weights out to use "
+                "the weights built into the image"
+            )
     fallback = os.environ.get(DEFAULT_WEIGHTS_ENV)
     if not fallback or not WeightsDir.holds_checkpoints(Path(fallback)):
-        raise CheckpointError(
-            f"the weights folder {given} holds no checkpoint, and the image's default weights "
-            f"({DEFAULT_WEIGHTS_ENV}={fallback or '(unset)'}) hold none either: put one checkpoint per "
-            "target (t1n, t1c, t2w, t2f in the file name) and model.yaml into additional_files/weights"
+        where = (
+            f"the weights folder {given} holds no checkpoint, and"
+            if given is not None
+            else "no --weights, and"
         )
-    log.warning(
-        "the weights folder %s holds no checkpoint: using the weights built into the image (%s=%s)",
-        given,
-        DEFAULT_WEIGHTS_ENV,
-        fallback,
-    )
+        raise CheckpointError(
+            f"{where} the image's default weights ({DEFAULT_WEIGHTS_ENV}={fallback or '(unset)'}) hold none "
+            "either: give one checkpoint per target (t1n, t1c, t2w, t2f in the file name) and model.yaml"
+        )
+    if given is not None:
+        log.warning(
+            "the weights folder %s holds no checkpoint: using the weights built into the image (%s=%s)",
+            given,
+            DEFAULT_WEIGHTS_ENV,
+            fallback,
+        )
     return Path(fallback)
+
+
+def choose_parameters(given: Path | None) -> Path | None:
+    """The parameters file: ``given``, else ``$CWDM_PARAMETERS_FILE``, else None (the shipped defaults)."""
+    if given is not None:
+        return given
+    named = os.environ.get(PARAMETERS_ENV)
+    return Path(named) if named else None
 
 
 def _setup_logging(log_file: Path | None) -> None:
@@ -145,52 +197,76 @@ def _log_summary(report: RunReport, report_path: Path | None) -> None:
 @app.command("infer")
 def infer(
     data_path: Annotated[str, typer.Option("--data_path", help="Folder of case folders.")],
-    parameters_file: Annotated[str, typer.Option("--parameters_file", help="parameters.yaml.")],
-    weights: Annotated[str, typer.Option("--weights", help="Weights folder (additional_files/weights).")],
     output_path: Annotated[str, typer.Option("--output_path", help="Predictions folder.")],
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="Weights folder (additional_files/weights); default: the image's."),
+    ] = None,
+    parameters_file: Annotated[
+        str | None,
+        typer.Option(
+            "--parameters_file", help=f"parameters.yaml; default ${PARAMETERS_ENV} or the defaults."
+        ),
+    ] = None,
     report_path: Annotated[
-        str | None, typer.Option("--report_path", help="Run report (JSON); default under $TMPDIR.")
+        str | None,
+        typer.Option("--report_path", help=f"Run report (JSON); default under ${REPORT_DIR_ENV} or $TMPDIR."),
     ] = None,
     qc_path: Annotated[
         str | None,
         typer.Option(
-            "--qc_path", help="QC folder (previews, index.html, uncertainty maps); never output_path."
+            "--qc_path", help=f"QC folder (previews, index.html); never output_path. Default ${QC_DIR_ENV}."
         ),
     ] = None,
 ) -> None:
     """Synthesise the missing sequence of every case: <case>-<missing seq>.nii.gz in output_path."""
+    raise typer.Exit(run(Path(data_path), Path(output_path), weights, parameters_file, report_path, qc_path))
+
+
+def run(
+    data_dir: Path,
+    out_dir: Path,
+    weights: str | None = None,
+    parameters_file: str | None = None,
+    report_path: str | None = None,
+    qc_path: str | None = None,
+) -> int:
+    """The inference of every way the image is called; returns the exit status."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    report_file = Path(report_path or Path(tempfile.gettempdir()) / f"cwdm-{stamp}-report.json")
-    out_dir = Path(output_path)
+    report_dir = Path(os.environ.get(REPORT_DIR_ENV) or tempfile.gettempdir())
+    report_file = Path(report_path) if report_path else report_dir / f"cwdm-{stamp}-report.json"
+    qc = qc_path or os.environ.get(QC_DIR_ENV)
     try:
         check_report_path(report_file, out_dir)
     except CwdmError as exc:
         _setup_logging(None)  # not even the log file may go into the output folder
         log.error("%s", exc)
-        raise typer.Exit(2) from exc
+        return 2
     _setup_logging(report_file.with_suffix(".log"))
     try:
         with stop_on_signals():  # SIGTERM (docker stop, MedPerf) or SIGINT: stop cleanly, then report
-            params = load_run_parameters(Path(parameters_file))
+            params = load_run_parameters(
+                choose_parameters(Path(parameters_file) if parameters_file else None)
+            )
             configure_process(cudnn_benchmark=params.fast_path)
-            run = run_folder(
-                Path(data_path),
+            outcome = run_folder(
+                data_dir,
                 out_dir,
-                choose_weights(Path(weights)),
+                choose_weights(Path(weights) if weights else None),
                 params,
                 report_file,
-                qc_dir=Path(qc_path) if qc_path else None,
+                qc_dir=Path(qc) if qc else None,
                 on_ready=_log_ready,
                 on_step=_log_steps,  # the pipeline logs each case
             )
     except CwdmError as exc:
         log.error("%s", exc)
-        raise typer.Exit(2) from exc
+        return 2
     except Interrupted as exc:
         log.error("stopped by %s before any case ran", exc.signal_name)
-        raise typer.Exit(exc.exit_code) from None
-    _log_summary(run.report, run.report_file)
-    raise typer.Exit(run.report.exit_code)
+        return exc.exit_code
+    _log_summary(outcome.report, outcome.report_file)
+    return outcome.report.exit_code
 
 
 @app.command("hotfix")
@@ -198,5 +274,18 @@ def hotfix() -> None:
     """No-op: keeps typer in multi-command mode (MLCube convention). Do not remove."""
 
 
+def main(argv: Sequence[str]) -> int:
+    """Dispatch: no arguments is the 2025 convention (``/input`` to ``/output``), anything else typer's."""
+    if argv:
+        app(args=list(argv), prog_name="mlcube.py")  # exits with the command's status
+        return 0
+    if INPUT_DIR.is_dir() and OUTPUT_DIR.is_dir():
+        return run(INPUT_DIR, OUTPUT_DIR)
+    print(USAGE, file=sys.stderr, end="")
+    missing = ", ".join(str(p) for p in (INPUT_DIR, OUTPUT_DIR) if not p.is_dir())
+    print(f"\nerror: called without arguments, but {missing} is not a mounted folder", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    app()
+    sys.exit(main(sys.argv[1:]))

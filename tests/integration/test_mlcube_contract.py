@@ -37,12 +37,15 @@ def data(tmp_path: Path) -> Path:
 
 
 def _run_entry_point(
-    args: list[str], tmp_path: Path, default_weights: Path | None
+    args: list[str],
+    tmp_path: Path,
+    default_weights: Path | None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run project/mlcube.py as the image would: as a script, /tmp standing in for the container's."""
     tmpdir = tmp_path / "container-tmp"
     tmpdir.mkdir(exist_ok=True)
-    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmpdir), "HOME": str(tmpdir)}
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmpdir), "HOME": str(tmpdir), **(extra_env or {})}
     if default_weights is not None:
         env["CWDM_DEFAULT_WEIGHTS"] = str(default_weights)
     return subprocess.run(
