@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -190,3 +191,37 @@ def image(engine: Engine, base_image: str) -> BuiltImage:
     size = engine.run("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip()
     _log(f"built {tag} in {build_s:.0f} s, {int(size) / 1e9:.2f} GB")
     return BuiltImage(tag=tag, build_s=build_s, size=size)
+
+
+@pytest.fixture(scope="session")
+def docker_cli(engine: Engine, tmp_path_factory: pytest.TempPathFactory):
+    """(docker executable, environment) for mlcube's docker runner: with podman, the docker CLI talking
+    to podman's docker-compatible socket (or podman itself where no docker CLI is installed)."""
+    env = dict(os.environ)
+    if not engine.is_podman:
+        yield engine.exe, env
+        return
+    docker = shutil.which("docker")
+    if docker is None:
+        yield engine.exe, env
+        return
+    socket = tmp_path_factory.mktemp("podman") / "podman.sock"
+    service = subprocess.Popen(
+        [engine.exe, "system", "service", "--time=0", f"unix://{socket}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env["DOCKER_HOST"] = f"unix://{socket}"
+    try:
+        for _ in range(100):
+            ready = subprocess.run([docker, "version"], env=env, capture_output=True, check=False)
+            if ready.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"podman's docker socket {socket} did not come up")
+        _log(f"docker CLI on podman's socket {socket}")
+        yield docker, env
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=30)

@@ -13,7 +13,6 @@ import hashlib
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -210,40 +209,6 @@ def test_medperf_style_infer(engine: Engine, image: BuiltImage, tmp_path: Path) 
     _run_logged(command)
     check_outputs(host["output_path"], cases)
     assert _checksums(tmp_path / "data") == before, "inputs were modified"
-
-
-@pytest.fixture(scope="session")
-def docker_cli(engine: Engine, tmp_path_factory: pytest.TempPathFactory):
-    """(docker executable, environment) for mlcube's docker runner: with podman, the docker CLI talking
-    to podman's docker-compatible socket (or podman itself where no docker CLI is installed)."""
-    env = dict(os.environ)
-    if not engine.is_podman:
-        yield engine.exe, env
-        return
-    docker = shutil.which("docker")
-    if docker is None:
-        yield engine.exe, env
-        return
-    socket = tmp_path_factory.mktemp("podman") / "podman.sock"
-    service = subprocess.Popen(
-        [engine.exe, "system", "service", "--time=0", f"unix://{socket}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env["DOCKER_HOST"] = f"unix://{socket}"
-    try:
-        for _ in range(100):
-            ready = subprocess.run([docker, "version"], env=env, capture_output=True, check=False)
-            if ready.returncode == 0:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"podman's docker socket {socket} did not come up")
-        _log(f"docker CLI on podman's socket {socket}")
-        yield docker, env
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=30)
 
 
 def _mlcube_exe() -> str | None:
