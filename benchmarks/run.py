@@ -6,7 +6,10 @@ Always (any machine):
   * CPU, at a reduced size: our float32 denoiser step (``cwdm.inference.fastpath``, the CPU fast path)
     against a plain eager float32 call of the same module under ``torch.no_grad()``, interleaved in one
     process (the order rotates every repetition), as median ratios of wall time and of process CPU time;
-    plus the channels-last layout that the CPU fast path leaves off, and optionally torch.compile.
+    plus the channels-last layout that the CPU fast path leaves off, optionally torch.compile, and on a
+    CPU with native bf16 (AVX512-BF16 or AMX) the bf16 autocast path that ``precision: bf16`` selects
+    there. ``--cpu-weights DIR`` times a real model of that folder (e.g. ``weights/demo``, its own
+    architecture) instead of a random published-width one.
 
 With a CUDA GPU (skipped otherwise; ``--dry-run-cpu`` runs this code on the CPU with a tiny model to
 check the script, reported as a dry run), published configuration at full resolution, batch 1:
@@ -61,7 +64,7 @@ from cwdm.config import ModelSpec, RunParameters
 from cwdm.inference.casework import prepare_case
 from cwdm.inference.fastpath import FastPathOptions, prepare_denoiser
 from cwdm.method.denoiser import Denoiser, DenoiserConfig
-from cwdm.runtime import Runtime
+from cwdm.runtime import Runtime, cpu_has_native_bf16
 from cwdm.weights.folder import WeightsDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,9 +189,14 @@ def _git_commit() -> str | None:
 
 def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Our fp32 denoiser step against plain eager fp32 of the same module, interleaved, at a reduced size."""
-    config = DenoiserConfig(model_channels=args.cpu_width, num_groups=min(32, args.cpu_width))
+    if args.cpu_weights is not None:
+        weights = WeightsDir.open(args.cpu_weights)
+        config = weights.spec.denoiser_config()
+        model = weights.load(args.target, torch.device("cpu"))
+    else:
+        config = DenoiserConfig(model_channels=args.cpu_width, num_groups=min(32, args.cpu_width))
+        model = random_denoiser(config)
     shape = (1, 32, *args.cpu_size)
-    model = random_denoiser(config)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=generator)
     t = torch.tensor([500])
@@ -205,6 +213,9 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         copy.deepcopy(model), Runtime(cpu, "fp32"), FastPathOptions(channels_last=True)
     )
     candidates["channels_last"] = lambda: channels_last(x, t)
+    if cpu_has_native_bf16():
+        bf16 = prepare_denoiser(copy.deepcopy(model), Runtime(cpu, "bf16"), FastPathOptions.resolve(cpu))
+        candidates["bf16"] = lambda: bf16(x, t)
     compile_s = None
     if args.cpu_compile:
         compiled = prepare_denoiser(copy.deepcopy(model), Runtime(cpu, "fp32"), FastPathOptions(compile=True))
@@ -214,7 +225,9 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         candidates["compile"] = lambda: compiled(x, t)
 
     reference = baseline()
-    errors = {name: float((fn() - reference).abs().max()) for name, fn in candidates.items()}
+    outputs = {name: fn() for name, fn in candidates.items()}
+    errors = {name: float((out - reference).abs().max()) for name, out in outputs.items()}
+    relative = {name: relative_error(out, reference) for name, out in outputs.items()}
     wall: dict[str, list[float]] = {name: [] for name in candidates}
     cpu_time: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
@@ -241,9 +254,16 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_wall_quartiles": _quartiles(wall_ratios),
             "ratio_cpu_quartiles": _quartiles(cpu_ratios),
             "max_abs_diff_vs_baseline": errors[name],
+            "relative_error_vs_baseline": relative[name],
         }
     return {
-        "config": {"model_channels": config.model_channels, "channel_mult": list(config.channel_mult)},
+        "config": {
+            "model_channels": config.model_channels,
+            "channel_mult": list(config.channel_mult),
+            "num_res_blocks": config.num_res_blocks,
+            "weights": None if args.cpu_weights is None else f"{args.cpu_weights} ({args.target})",
+        },
+        "threads": torch.get_num_threads(),
         "input_shape": list(shape),
         "flops_per_step": count_flops(config, shape),
         "repetitions": args.cpu_reps,
@@ -604,8 +624,8 @@ def render(results: dict[str, Any]) -> str:
             f"{c['load_average_after']}",
             "",
             "| candidate | median wall (s) | median CPU (s) | ratio to baseline, wall: median [IQR] "
-            "| ratio, CPU time: median [IQR] | max abs diff |",
-            "|---|---|---|---|---|---|",
+            "| ratio, CPU time: median [IQR] | max abs diff | relative error |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, row in c["results"].items():
             qw, qc = row["ratio_wall_quartiles"], row["ratio_cpu_quartiles"]
@@ -613,7 +633,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {name} | {row['median_wall_s']:.3f} | {row['median_cpu_s']:.3f} | "
                 f"{row['median_ratio_wall']:.3f} [{qw[0]:.3f}, {qw[1]:.3f}] | "
                 f"{row['median_ratio_cpu']:.3f} [{qc[0]:.3f}, {qc[1]:.3f}] | "
-                f"{row['max_abs_diff_vs_baseline']:.1e} |"
+                f"{row['max_abs_diff_vs_baseline']:.1e} | {row['relative_error_vs_baseline']:.1e} |"
             )
         if c["compile_s"] is not None:
             lines.append(f"\ntorch.compile (CPU) first call: {c['compile_s']:.0f} s")
@@ -638,6 +658,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-width", type=int, default=64, help="model_channels on the CPU (default 64)")
     parser.add_argument("--cpu-reps", type=int, default=15, help="interleaved repetitions on the CPU")
     parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU")
+    parser.add_argument(
+        "--cpu-weights", type=Path, default=None, help="time --target of this weights folder on the CPU"
+    )
     parser.add_argument(
         "--peak-tflops",
         type=float,

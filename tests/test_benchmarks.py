@@ -24,9 +24,16 @@ def bench() -> ModuleType:
     return module
 
 
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["no-bf16", "native-bf16"])
 def test_cpu_part_runs_and_reports_ratios(
-    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bench: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    native_bf16: bool,
 ) -> None:
+    # Pretending native bf16 on a CPU without it still runs: PyTorch emulates bf16 there (slowly).
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: native_bf16)
     out = tmp_path / "results.json"
     args = ["--cpu-only", "--cpu-size", "16,16,16", "--cpu-width", "8", "--cpu-reps", "2", "--json", str(out)]
     assert bench.main(args) == 0
@@ -34,12 +41,35 @@ def test_cpu_part_runs_and_reports_ratios(
     assert "gpu" not in results  # --cpu-only, and nothing is reported that did not run
     cpu = results["cpu"]
     assert cpu["input_shape"] == [1, 32, 16, 16, 16] and cpu["repetitions"] == 2
-    assert set(cpu["results"]) == {"baseline", "ours", "channels_last"}
+    assert set(cpu["results"]) == {"baseline", "ours", "channels_last"} | ({"bf16"} if native_bf16 else set())
     assert cpu["results"]["baseline"]["median_ratio_wall"] == 1.0
     assert cpu["results"]["ours"]["max_abs_diff_vs_baseline"] == 0.0  # the CPU fast path is plain fp32
+    assert cpu["results"]["ours"]["relative_error_vs_baseline"] == 0.0
+    if native_bf16:  # bf16 keeps 8 mantissa bits: a real but small error (0 would mean no autocast)
+        assert 0 < cpu["results"]["bf16"]["relative_error_vs_baseline"] < 3e-2
     assert all(len(times) == 2 for times in cpu["raw_wall_s"].values())
     text = capsys.readouterr().out
     assert "| ours |" in text and "load average" in text and "torch 2." in text
+
+
+def test_cpu_part_times_a_real_weights_folder_in_its_own_architecture(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    from cwdm.config import ModelSpec
+    from cwdm.method.denoiser import Denoiser
+    from cwdm.weights.checkpoints import write_state_dict
+
+    spec = ModelSpec(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "model.yaml").write_text(spec.to_yaml())
+    write_state_dict(Denoiser(spec.denoiser_config()).state_dict(), folder / "t2f.safetensors")
+    out = tmp_path / "results.json"
+    args = ["--cpu-only", "--cpu-size", "16,16,16", "--cpu-reps", "1", "--json", str(out)]
+    assert bench.main([*args, "--cpu-weights", str(folder), "--target", "t2f"]) == 0
+    config = json.loads(out.read_text())["cpu"]["config"]
+    assert config["channel_mult"] == [1, 2] and config["num_res_blocks"] == 1
+    assert config["weights"] == f"{folder} (t2f)"
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cwdm.runtime
 from cwdm.errors import ConfigError
 from cwdm.runtime import (
     CACHE_VARIABLES,
@@ -89,15 +90,47 @@ def test_bf16_on_a_gpu_without_bf16_falls_back_to_fp32(fake_cuda: dict[str, bool
     assert precision == "fp32" and "does not support bf16" in notes[0]
 
 
-@pytest.mark.parametrize("name", ["bf16", "fp16"])
-def test_half_precision_on_cpu_falls_back_to_fp32_with_a_warning(
-    no_cuda: None, name: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("name", "native_bf16", "reason"),
+    [
+        ("bf16", False, "needs a GPU or a CPU with AVX512-BF16 or AMX"),
+        ("fp16", False, "needs a CUDA GPU"),
+        ("fp16", True, "needs a CUDA GPU"),
+    ],
+)
+def test_half_precision_on_cpu_without_it_falls_back_to_fp32_with_a_warning(
+    no_cuda: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    native_bf16: bool,
+    reason: str,
 ) -> None:
+    monkeypatch.setattr(cwdm.runtime, "cpu_has_native_bf16", lambda: native_bf16)
     with caplog.at_level(logging.WARNING, logger="cwdm.runtime"):
         runtime = resolve_runtime("cpu", name)  # type: ignore[arg-type]
     assert runtime.precision == "fp32" and runtime.autocast_dtype is None
-    assert runtime.notes == (f"precision {name} is for CUDA GPUs; running on cpu in fp32 instead",)
+    assert runtime.notes == (f"precision {name} {reason}; running on cpu in fp32 instead",)
     assert runtime.notes[0] in caplog.text
+
+
+def test_bf16_on_a_cpu_with_native_bf16_is_bf16_and_auto_stays_fp32(
+    no_cuda: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cwdm.runtime, "cpu_has_native_bf16", lambda: True)
+    runtime = resolve_runtime("cpu", "bf16")
+    assert (runtime.precision, runtime.autocast_dtype, runtime.notes) == ("bf16", torch.bfloat16, ())
+    assert resolve_precision("auto", CPU) == ("fp32", ())
+
+
+def test_native_bf16_probe_reads_torch_and_treats_a_missing_probe_as_no(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, probe, raising=False)
+    assert cwdm.runtime.cpu_has_native_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cwdm.runtime.cpu_has_native_bf16() is True
 
 
 def test_autocast_context_follows_the_precision() -> None:

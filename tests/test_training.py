@@ -392,6 +392,34 @@ def test_invalid_settings_raise(changes, match):
         config(**changes)
 
 
+@pytest.mark.parametrize(
+    ("precision", "native_bf16", "match"),
+    [
+        ("fp16", True, "--precision fp16 needs a CUDA GPU; this run is on cpu"),
+        ("bf16", False, "--precision bf16 needs a GPU or a CPU with AVX512-BF16 or AMX"),
+    ],
+)
+def test_half_precision_the_cpu_cannot_run_is_refused_not_relabelled(
+    train_dir, tmp_path, monkeypatch, precision, native_bf16, match
+):
+    monkeypatch.setattr("cwdm.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    with pytest.raises(ConfigError, match=match):
+        trainer(train_dir, tmp_path / "out", precision=precision)
+
+
+def test_bf16_on_a_cpu_with_native_bf16_trains_in_bf16(train_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("cwdm.runtime.cpu_has_native_bf16", lambda: True)
+    run = trainer(train_dir, tmp_path / "out", precision="bf16", iterations=2)
+    seen: list[torch.dtype] = []
+    hook = run.model.out[-1].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    run.run()
+    hook.remove()
+    fp32 = trainer(train_dir, tmp_path / "fp32", iterations=2)
+    fp32.run()
+    assert seen == [torch.bfloat16, torch.bfloat16]  # autocast reached the network's last convolution
+    assert run.step == 2 and not torch.equal(run.model.out[-1].weight, fp32.model.out[-1].weight)
+
+
 def test_crop_larger_than_the_volume_raises(train_dir, tmp_path):
     run = trainer(train_dir, tmp_path / "out", crop_size=(32, 8, 8))
     with pytest.raises(ConfigError, match=r"exceeds the volume's network shape \(16, 16, 12\)"):

@@ -233,7 +233,9 @@ def train(
     save_every: Annotated[int, typer.Option(help="Checkpoint interval in steps.")] = 100_000,
     log_every: Annotated[int, typer.Option(help="CSV log interval in steps.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of weights init and of every draw of the loop.")] = 0,
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (mixed precision, GPU only).")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="fp32, bf16 (a GPU, or a CPU with AVX512-BF16 or AMX) or fp16 (a GPU).")
+    ] = "fp32",
     weights_dir: Annotated[
         Path | None,
         typer.Option(help="Where to export <target>.safetensors + model.yaml (default OUT/weights)."),

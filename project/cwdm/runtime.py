@@ -7,10 +7,15 @@ This is the only module of the package that asks whether CUDA exists. Resolution
 - ``device: auto`` is ``cuda`` (the current CUDA device) when PyTorch sees a GPU, else ``cpu``;
   ``device: cuda`` without a GPU is a :class:`cwdm.ConfigError` (asking for a GPU and silently getting a
   CPU run that is a thousand times slower is worse than stopping).
-- ``precision: auto`` is bf16 autocast on a CUDA GPU that supports bf16, else fp32.
-- ``precision: bf16`` or ``fp16`` where that arithmetic is not available (any CPU, or bf16 on a GPU
-  without bf16) falls back to fp32 with a logged warning, recorded in :attr:`Runtime.notes`: a
-  parameters.yaml written for a GPU must still run on a CPU-only machine, and fp32 is the reference.
+- ``precision: auto`` is bf16 autocast on a CUDA GPU that supports bf16, else fp32 (on a CPU too:
+  fp32 is the reference, and bf16 there is a choice to make knowingly).
+- ``precision: bf16`` runs bf16 autocast on a CUDA GPU with bf16 and on a CPU with native bf16
+  arithmetic (AVX512-BF16 or AMX: Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later),
+  where oneDNN's bf16 convolutions measured 1.8 times faster than fp32 for the demo network
+  (docs/PERFORMANCE.md). ``bf16`` or ``fp16`` where that arithmetic is not available (fp16 on any CPU, bf16
+  on an older CPU or a GPU without bf16) falls back to fp32 with a logged warning, recorded in
+  :attr:`Runtime.notes`: a parameters.yaml written for one machine must still run on another, and fp32
+  is the reference.
 - Autocast covers only the network call; GroupNorm computes in float32 inside the network, and the
   sampler state stays float32 (STYLE.md section 4).
 
@@ -147,18 +152,30 @@ def resolve_precision(name: PrecisionName, device: torch.device) -> tuple[str, t
         ConfigError: unknown precision name.
     """
     on_cuda = device.type == "cuda"
-    bf16_ok = on_cuda and torch.cuda.is_bf16_supported()
     if name == "auto":
-        return ("bf16" if bf16_ok else "fp32"), ()
+        return ("bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"), ()
     if name == "fp32":
         return "fp32", ()
     if name not in _AUTOCAST_DTYPES:
         raise ConfigError(f"precision: unknown value {name!r}; expected auto, fp32, bf16 or fp16")
-    if not on_cuda:
-        return "fp32", (f"precision {name} is for CUDA GPUs; running on {device} in fp32 instead",)
-    if name == "bf16" and not bf16_ok:
-        return "fp32", ("this GPU does not support bf16; running in fp32 instead (fp16 is an option)",)
-    return name, ()
+    if on_cuda:
+        if name == "bf16" and not torch.cuda.is_bf16_supported():
+            return "fp32", ("this GPU does not support bf16; running in fp32 instead (fp16 is an option)",)
+        return name, ()
+    if name == "bf16" and cpu_has_native_bf16():
+        return "bf16", ()
+    why = "needs a CUDA GPU" if name == "fp16" else "needs a GPU or a CPU with AVX512-BF16 or AMX"
+    return "fp32", (f"precision {name} {why}; running on {device} in fp32 instead",)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles).
+
+    Without it PyTorch still runs bf16 on a CPU, emulated and slower than fp32, so bf16 is only used
+    where it pays. The probes are PyTorch's own (``torch.cpu``); a build without them counts as no.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
 
 def resolve_runtime(device: DeviceName = "auto", precision: PrecisionName = "auto") -> Runtime:

@@ -5,8 +5,9 @@ What it does (README, "Speed"; measurements in docs/PERFORMANCE.md):
 - Always: ``torch.inference_mode()`` around the call, parameters frozen (``requires_grad`` off), the
   output returned as a contiguous float32 tensor, so the sampler state stays float32 whatever the network
   computes in (STYLE.md section 4).
-- Autocast in the runtime's precision (bf16 or fp16 on a GPU, nothing on a CPU) around the network call
-  only; GroupNorm still computes in float32 inside the network, as published (``GroupNorm32``).
+- Autocast in the runtime's precision (bf16 or fp16 on a GPU; bf16 on a CPU with native bf16 when asked
+  for, :func:`cwdm.runtime.resolve_precision`) around the network call only; GroupNorm still computes
+  in float32 inside the network, as published (``GroupNorm32``).
 - On a CUDA GPU, when the fast path is on: cuDNN autotuning (``torch.backends.cudnn.benchmark``, a
   process-wide setting that :func:`cwdm.runtime.configure_process` makes), and the channels-last 3D
   layout only if :data:`GPU_CHANNELS_LAST` says so.
@@ -15,8 +16,8 @@ What it does (README, "Speed"; measurements in docs/PERFORMANCE.md):
   logged warning, when compilation or capture fails, and a captured graph is checked against the eager
   output of the same input before it is used.
 - On a CPU only what was measured faster than plain eager float32 on the reference CPU is enabled
-  (:data:`CPU_CHANNELS_LAST`); everything else stays the plain float32 path, so the CPU fast path is
-  never the slower one.
+  (:data:`CPU_CHANNELS_LAST`); with ``precision: fp32`` (what ``auto`` gives there) the CPU fast path is
+  the plain float32 path, so it is never the slower one.
 
 Process-wide settings (cuDNN autotuning, the compiler caches) are not made here but by the entry points
 through :func:`cwdm.runtime.configure_process`.

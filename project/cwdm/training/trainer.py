@@ -43,7 +43,7 @@ from ..errors import CheckpointError, ConfigError, CwdmError
 from ..method.denoiser import Denoiser
 from ..method.schedule import NoiseSchedule
 from ..method.wavelets import build_condition, dwt3d, encode
-from ..runtime import autocast
+from ..runtime import autocast, resolve_precision
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.checkpoints import check_state_dict, read_state_dict, write_state_dict
 from .data import TrainingCases, dequantise, random_crop, random_flip
@@ -71,7 +71,8 @@ class TrainingConfig:
         save_every: Write a resumable checkpoint every this many steps (and at the end).
         log_every: Append a row to the CSV log every this many steps.
         seed: Seed of the loop's generator.
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; GroupNorm stays float32).
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (GroupNorm stays float32): ``fp16`` on a
+            CUDA GPU, ``bf16`` on a GPU or a CPU with native bf16 (:func:`cwdm.runtime.cpu_has_native_bf16`).
         grad_clip: Clip the gradient norm to this value; ``None`` (published) disables it.
         flip: Mirror each drawn case left-right with probability 1/2 (not published; augments small
             training sets).
@@ -216,6 +217,10 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.schedule = config.spec.schedule()
+        if resolve_precision(config.precision, self.device)[0] != config.precision:
+            # Unlike inference, no fallback: the precision is part of the run's identity (resume checks it).
+            need = "a CUDA GPU" if config.precision == "fp16" else "a GPU or a CPU with AVX512-BF16 or AMX"
+            raise ConfigError(f"--precision {config.precision} needs {need}; this run is on {self.device}")
 
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, identical on every rank
             torch.manual_seed(config.seed)
