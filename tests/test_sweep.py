@@ -119,6 +119,31 @@ def test_an_interrupted_sweep_goes_on_where_it_stopped(
     )
 
 
+def test_scoring_in_turn_gives_the_rows_of_a_scoring_pool(
+    sweep_inputs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases, weights = sweep_inputs
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("- {sampler: ddim, timestep_spacing: trailing, sampling_steps: 1}\n")
+    pooled = _command(cases, weights, tmp_path / "pooled", grid)
+    inline = [*pooled[:-4], "--workers", "0", "--device", "cpu"]
+    inline[2] = str(tmp_path / "inline")
+
+    def no_pool(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("--workers 0 must not start a process pool")
+
+    assert CliRunner().invoke(app, pooled).exit_code == 0
+    monkeypatch.setattr(sweep_module, "ProcessPoolExecutor", no_pool)
+    result = CliRunner().invoke(app, inline)
+    assert result.exit_code == 0, result.output
+
+    def scores(folder: str) -> list[dict[str, str]]:
+        rows = csv.DictReader((tmp_path / folder / "sweep.csv").open())
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert scores("inline") == scores("pooled") and len(scores("inline")) == 2 * 2
+
+
 def _summary(name: str, seconds: float, psnr: float, ssim: float) -> SettingSummary:
     scores = {key: float("nan") for key in sweep_module.SUMMARY_SCORES} | {
         "full_psnr": psnr,

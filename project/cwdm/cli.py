@@ -441,7 +441,10 @@ def sweep(
     targets: Annotated[str, typer.Option(help="Targets to drop in turn: a comma list or all.")] = "all",
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     seed: Annotated[int, typer.Option(help="Run seed.")] = 42,
-    workers: Annotated[int | None, typer.Option(help="Scoring processes (default: CPUs - 1).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Scoring processes (default: CPUs - 1); 0: score after each synthesis, in turn."),
+    ] = None,
     keep_predictions: Annotated[bool, typer.Option(help="Keep every prediction under OUT/work/.")] = False,
     title: Annotated[str, typer.Option(help="Title of sweep.md and sweep.png.")] = "cwdm sweep",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

@@ -8,7 +8,8 @@ run report), and scored by :mod:`cwdm.evaluation.evaluate` (every region, the or
 case has a segmentation). The models are loaded once; cases are synthesised one at a time, so that an
 interrupted sweep loses at most the case in progress: ``OUT/sweep.csv`` holds one row per setting, case
 and target, written as each is scored, and a rerun skips the rows it finds. Scoring runs in a pool of
-processes while the next case samples.
+processes while the next case samples, or, with ``workers=0``, in this process after each synthesis: on a
+machine of few cores a scoring running beside a synthesis would be counted in that synthesis's time.
 
 :func:`summarise` turns the rows into a table per target and overall (mean over cases), marks the
 Pareto front (no other setting both faster and better), and :func:`recommend` picks the fastest setting
@@ -137,6 +138,21 @@ def _score(
     return SweepRow(setting, case.case_id, target, seconds, device, uncertainty, scored.values())
 
 
+class _InlineExecutor:
+    """The part of an executor's interface the sweep uses, running each call at once in this process."""
+
+    def submit(self, fn: Callable[..., SweepRow], /, *args: object) -> Future[SweepRow]:
+        future: Future[SweepRow] = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # handed on through the future, as a process pool would
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Nothing runs in the background."""
+
+
 def run_sweep(
     cases_dir: Path,
     out_dir: Path,
@@ -158,7 +174,8 @@ def run_sweep(
         grid: The settings (default :data:`DEFAULT_GRID`).
         targets: The targets to drop in turn (default all four).
         base: Run parameters for what the grid does not set (seed, device, batch size, fast path).
-        workers: Scoring processes (default: the CPU count minus one, at least one).
+        workers: Scoring processes (default: the CPU count minus one, at least one); 0 scores each
+            synthesis in this process once it is timed, so that no scoring shares the processor with one.
         keep_predictions: Keep every prediction (``work/predictions/<setting>/``) after it is scored.
         on_row: Called with each new row.
 
@@ -186,9 +203,13 @@ def run_sweep(
     runtime = resolve_runtime(base.device, "fp32")
     models = {target: weights.load(target, runtime.device) for target in wanted}
     # Spawned, not forked: a fork of a process whose torch threads are running can hang or crash.
-    pool = ProcessPoolExecutor(
-        max_workers=workers or max(1, (os.cpu_count() or 2) - 1),
-        mp_context=multiprocessing.get_context("spawn"),
+    pool: ProcessPoolExecutor | _InlineExecutor = (
+        _InlineExecutor()
+        if workers == 0
+        else ProcessPoolExecutor(
+            max_workers=workers or max(1, (os.cpu_count() or 2) - 1),
+            mp_context=multiprocessing.get_context("spawn"),
+        )
     )
     pending: list[Future[SweepRow]] = []
 
