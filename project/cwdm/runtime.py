@@ -11,7 +11,7 @@ This is the only module of the package that asks whether CUDA exists. Resolution
   fp32 is the reference, and bf16 there is a choice to make knowingly).
 - ``precision: bf16`` runs bf16 autocast on a CUDA GPU with bf16 and on a CPU with native bf16
   arithmetic (AVX512-BF16 or AMX: Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later),
-  where oneDNN's bf16 convolutions measured 1.8 times faster than fp32 for the demo network
+  where oneDNN's bf16 convolutions measured 1.5 times faster than fp32 for the demo network
   (docs/PERFORMANCE.md). ``bf16`` or ``fp16`` where that arithmetic is not available (fp16 on any CPU, bf16
   on an older CPU or a GPU without bf16) falls back to fp32 with a logged warning, recorded in
   :attr:`Runtime.notes`: a parameters.yaml written for one machine must still run on another, and fp32
