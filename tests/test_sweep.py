@@ -177,3 +177,48 @@ def test_pareto_front_and_recommendation() -> None:
     assert {s.setting for s in summaries if s.pareto_psnr} == {"fast-bad", "fast-close", "slow-best"}
     assert recommend(summaries).setting == "fast-close"  # within 0.5 dB and 0.01 of the best, fastest
     assert recommend(summaries, psnr_tolerance=0.1).setting == "slow-best"
+
+
+def _row(setting: str, case: str, target: str, seconds: float, psnr: float) -> dict[str, str]:
+    fields = SweepSetting(sampling_steps=int(seconds)).model_dump()
+    return {
+        "setting": setting,
+        **{k: str(v) for k, v in fields.items()},
+        "case": case,
+        "target": target,
+        "seconds": str(seconds),
+        "full_psnr": str(psnr),
+        "full_ssim": "0.9",
+        **{k: "" for k in sweep_module.SUMMARY_SCORES if k not in ("full_psnr", "full_ssim")},
+    }
+
+
+def test_a_setting_measured_on_one_target_only_is_compared_on_that_target_only(tmp_path: Path) -> None:
+    rows = [
+        _row(name, case, target, seconds, psnr)
+        for name, seconds, psnr in (("fast", 2.0, 25.0), ("medium", 4.0, 25.2))
+        for case in ("a", "b")
+        for target in ("t1n", "t1c")
+    ]
+    # The slow reference, measured on t1c only: best there, but its mean is not one over all targets.
+    rows += [_row("reference", case, "t1c", 900.0, 30.0) for case in ("a", "b")]
+    rows.append(_row("one-case", "a", "t1n", 3.0, 26.0))
+
+    assert {row["setting"] for row in sweep_module.comparable(rows)} == {"fast", "medium"}
+    assert {row["setting"] for row in sweep_module.comparable(rows, "t1c")} == {"fast", "medium", "reference"}
+    assert {row["setting"] for row in sweep_module.comparable(rows, "t1n")} == {"fast", "medium"}
+    assert recommend(summarise(sweep_module.comparable(rows))).setting == "fast"
+    assert recommend(summarise(sweep_module.comparable(rows, "t1c"))).setting == "reference"
+
+    table, _ = sweep_module.write_report(rows, tmp_path, "test")
+    text = table.read_text()
+    assert "- `reference`: a t1c, b t1c" in text and "- `one-case`: a t1n" in text
+    assert (tmp_path / "sweep-t1c.png").is_file() and (tmp_path / "sweep-t1n.png").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "docs" / "quality").glob("grid-*.yaml")))
+def test_the_shipped_grids_load(path: Path) -> None:
+    from cwdm.config import load_sweep_grid
+
+    settings = load_sweep_grid(path)
+    assert settings and len({s.name for s in settings}) == len(settings), f"{path.name}: a repeated setting"

@@ -310,6 +310,18 @@ def _mean(values: Iterable[str]) -> float:
     return float(np.mean(numbers)) if numbers else math.nan
 
 
+def comparable(rows: Sequence[dict[str, str]], target: str | None = None) -> list[dict[str, str]]:
+    """The rows (of ``target``, or of all targets) of the settings measured on every case and target
+    that any setting was: a mean over fewer or other syntheses is not comparable (a slow reference run
+    on one target only, say)."""
+    chosen = [row for row in rows if target is None or row["target"] == target]
+    measured = {(row["case"], row["target"]) for row in chosen}
+    covered: dict[str, set[tuple[str, str]]] = {}
+    for row in chosen:
+        covered.setdefault(row["setting"], set()).add((row["case"], row["target"]))
+    return [row for row in chosen if covered[row["setting"]] == measured]
+
+
 def summarise(rows: Sequence[dict[str, str]], target: str | None = None) -> list[SettingSummary]:
     """One :class:`SettingSummary` per setting (of ``target``, or over all targets), fastest first,
     with the Pareto fronts of PSNR and SSIM against seconds marked."""
@@ -403,9 +415,13 @@ def markdown_table(summaries: Sequence[SettingSummary]) -> str:
     return "\n".join(lines)
 
 
+_ROUND_SECONDS = [m * 10.0**e for e in range(-2, 6) for m in (1, 2, 5)]
+
+
 def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
     """PSNR and SSIM against seconds per case (log scale), one point per setting, the Pareto front drawn."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     figure = Figure(figsize=(11, 4.5))
     axes = figure.subplots(1, 2)
@@ -421,8 +437,12 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
             ax.scatter(
                 s.seconds, s.scores[key], marker=marker, edgecolors=colour, facecolors=face, s=36, zorder=3
             )
+            tag = f["sampling_steps"] + (" bf16" if f["precision"] == "bf16" else "")
+            tag += (f" x{f['samples']}" if f["samples"] != "1" else "") + (
+                " thr" if f["postprocess"] == "threshold" else ""
+            )
             ax.annotate(
-                f["sampling_steps"],
+                tag,
                 (s.seconds, s.scores[key]),
                 fontsize=7,
                 xytext=(3, 3),
@@ -441,6 +461,11 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
             label="Pareto front",
         )
         ax.set_xscale("log")
+        # Labelled ticks at 1-2-5 steps (plain 5, 10, 20 rather than 10^1), whatever the range.
+        times = [s.seconds for s in summaries]
+        ax.set_xticks([v for v in _ROUND_SECONDS if min(times) / 1.6 <= v <= max(times) * 1.6])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("seconds per case (end to end)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -459,7 +484,7 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
         ),
     ]
     axes[1].legend(handles=[*handles, axes[1].lines[0]], fontsize=7, loc="lower right")
-    figure.suptitle(title + " (numbers: sampling steps)", fontsize=9)
+    figure.suptitle(title + " (labels: sampling steps; x4: draws averaged; thr: threshold)", fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -467,26 +492,41 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
 
 
 def write_report(rows: Sequence[dict[str, str]], out_dir: Path, title: str) -> tuple[Path, Path]:
-    """``sweep.md`` (a table per target and over all, and the recommendation) and ``sweep.png``."""
-    overall = summarise(rows)
+    """``sweep.md`` (a table per target and over all, and the recommendation), ``sweep.png`` (all
+    targets) and ``sweep-<target>.png``. Each table and plot compares only the settings measured on all
+    of its cases and targets; the others are listed with what they were measured on."""
+    overall = summarise(comparable(rows))
     choice = recommend(overall)
     parts = [
         f"# {title}",
         "",
         f"{len(rows)} syntheses scored. Mean over cases; times end to end per case.",
         "",
+        "## All targets",
+        "",
+        markdown_table(overall),
+        "",
     ]
-    parts += ["## All targets", "", markdown_table(overall), ""]
+    partial = sorted({row["setting"] for row in rows} - {s.setting for s in overall})
+    if partial:
+        parts += ["Measured on some cases or targets only (see the tables per target):", ""]
+        for name in partial:
+            where = sorted({f"{row['case']} {row['target']}" for row in rows if row["setting"] == name})
+            parts.append(f"- `{name}`: " + ", ".join(where))
+        parts.append("")
+    out_dir = Path(out_dir)
     for target in [str(t) for t in CANONICAL_ORDER if any(row["target"] == str(t) for row in rows)]:
-        parts += [f"## Missing {target}", "", markdown_table(summarise(rows, target)), ""]
+        summaries = summarise(comparable(rows, target))
+        parts += [f"## Missing {target}", "", markdown_table(summaries), ""]
+        plot(summaries, out_dir / f"sweep-{target}.png", f"{title}, missing {target}")
     parts += [
         "## Recommended",
         "",
         f"`{choice.setting}`: the fastest setting within 0.5 dB PSNR and 0.01 SSIM of the best measured "
-        f"({choice.seconds:.1f} s a case, PSNR {choice.scores['full_psnr']:.2f} dB, "
+        f"over all targets ({choice.seconds:.1f} s a case, PSNR {choice.scores['full_psnr']:.2f} dB, "
         f"SSIM {choice.scores['full_ssim']:.4f}).",
         "",
     ]
-    table = write_atomic(Path(out_dir) / "sweep.md", "\n".join(parts))
-    picture = plot(overall, Path(out_dir) / "sweep.png", title)
+    table = write_atomic(out_dir / "sweep.md", "\n".join(parts))
+    picture = plot(overall, out_dir / "sweep.png", title)
     return table, picture
