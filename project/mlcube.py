@@ -147,11 +147,11 @@ def _setup_logging(log_file: Path | None) -> None:
 
 def _log_ready(synth: Synthesizer, cases: Sequence[Case]) -> None:
     log.info(
-        "%d case folders; %s; %s %d steps",
+        "%d case folders; %s; %s %s",
         len(cases),
         synth.runtime.describe(),
         synth.settings.sampler,
-        synth.settings.steps,
+        synth.settings.steps_label,
     )
 
 

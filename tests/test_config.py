@@ -139,3 +139,14 @@ def test_the_mlcube_workspace_parameters_file_is_valid() -> None:
     text = path.read_text(encoding="utf-8")
     for key in RunParameters.model_fields:  # every key is documented in the shipped file
         assert f"{key}:" in text
+
+
+def test_the_steps_label_is_singular_for_one_step() -> None:
+    from cwdm.config import SamplingSettings
+
+    def label(steps: int) -> str:
+        return SamplingSettings(
+            steps=steps, sampler="ddim", seed=0, batch_size=1, postprocess="brain_mask"
+        ).steps_label
+
+    assert (label(1), label(2), label(1000)) == ("1 step", "2 steps", "1000 steps")

@@ -186,7 +186,7 @@ def _render_summary(result: RunReport, report_path: Path | None) -> None:
     stopped = "" if result.interrupted_by is None else f"; stopped early, exit {result.exit_code}"
     console.print(
         f"{result.counts_text()} in {result.elapsed_s:.1f} s on {result.runtime.device} "
-        f"({result.runtime.precision}, {result.settings.sampler} {result.settings.steps} steps{stopped}); "
+        f"({result.runtime.precision}, {result.settings.sampler} {result.settings.steps_label}{stopped}); "
         f"report: {report_path or 'not written (see the error above)'}",
         highlight=False,
     )

@@ -237,6 +237,11 @@ class SamplingSettings:
     spacing: TimestepSpacing = "linspace"
     samples: int = 1
 
+    @property
+    def steps_label(self) -> str:
+        """``"1 step"``, ``"10 steps"``: for summaries and logs."""
+        return f"{self.steps} step" + ("" if self.steps == 1 else "s")
+
     @classmethod
     def resolve(
         cls, params: RunParameters, spec: ModelSpec, source: Path | str = MODEL_SPEC_NAME

@@ -92,7 +92,7 @@ def test_parameters_come_from_the_environment_when_not_given(tmp_path: Path, dat
         args, tmp_path, default_weights=None, extra_env={"CWDM_PARAMETERS_FILE": str(good)}
     )
     assert result.returncode == 0, result.stderr
-    assert "ddim 1 steps" in result.stderr
+    assert "ddim 1 step" in result.stderr and "1 steps" not in result.stderr
 
 
 def test_weights_folders_missing_empty_or_one_level_up(tmp_path: Path, data: Path) -> None:
