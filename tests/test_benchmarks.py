@@ -125,3 +125,26 @@ def test_flop_count_matches_the_textbook_count_of_every_layer(bench: ModuleType)
     with torch.no_grad():
         model(torch.zeros(shape), torch.zeros(2, dtype=torch.long))
     assert textbook > 0 and bench.count_flops(config, shape) == textbook
+
+
+def test_heldout_table_marks_which_rows_beat_every_copy(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("heldout", REPO / "benchmarks" / "heldout_vs_copies.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(case: str, target: str, psnr: float, ssim: float, source: str = "") -> dict[str, str]:
+        extra = {"source": source} if source else {}
+        return {"case": case, "target": target, "full_psnr": str(psnr), "full_ssim": str(ssim)} | extra
+
+    model = [row("A", "t1c", 25.0, 0.93), row("A", "t2f", 22.0, 0.92), row("B", "t1c", 20.0, 0.80)]
+    copies = [
+        row("A", "t1c", 24.0, 0.92, "copy-t2f"),
+        row("A", "t1c", 18.0, 0.94, "copy-t1n"),  # better SSIM than the model: not every copy beaten
+        row("A", "t2f", 23.0, 0.90, "copy-t1c"),  # better PSNR
+        row("B", "t1c", 19.0, 0.70, "copy-t1n"),
+    ]
+    text = module.table(model, copies)
+    lines = [line for line in text.splitlines() if line.startswith("| A") or line.startswith("| B")]
+    assert [line.rsplit("|", 2)[-2].strip() for line in lines] == ["PSNR only", "SSIM only", "yes"]
+    assert "1 of 3 beat every copy" in text and "PSNR 22.33 dB, SSIM 0.8833" in text
