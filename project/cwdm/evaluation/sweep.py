@@ -462,8 +462,10 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
         )
         ax.set_xscale("log")
         # Labelled ticks at 1-2-5 steps (plain 5, 10, 20 rather than 10^1), whatever the range.
-        times = [s.seconds for s in summaries]
-        ax.set_xticks([v for v in _ROUND_SECONDS if min(times) / 1.6 <= v <= max(times) * 1.6])
+        # Fixed limits: the legend's empty scatters below would otherwise autoscale them again.
+        low, high = min(s.seconds for s in summaries) / 1.3, max(s.seconds for s in summaries) * 1.3
+        ax.set_xlim(low, high)
+        ax.set_xticks([v for v in _ROUND_SECONDS if low <= v <= high])
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("seconds per case (end to end)")
