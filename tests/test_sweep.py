@@ -210,7 +210,8 @@ def test_a_setting_measured_on_one_target_only_is_compared_on_that_target_only(t
     assert recommend(summarise(sweep_module.comparable(rows))).setting == "fast"
     assert recommend(summarise(sweep_module.comparable(rows, "t1c"))).setting == "reference"
 
-    table, _ = sweep_module.write_report(rows, tmp_path, "test")
+    table, _, choice = sweep_module.write_report(rows, tmp_path, "test")
+    assert choice.setting == "fast"
     text = table.read_text()
     assert "- `reference`: a t1c, b t1c" in text and "- `one-case`: a t1n" in text
     assert (tmp_path / "sweep-t1c.png").is_file() and (tmp_path / "sweep-t1n.png").is_file()

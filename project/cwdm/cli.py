@@ -453,7 +453,7 @@ def sweep(
     it: what each sampling setting costs in score (resumes where it stopped)."""
     from .config import RunParameters, load_sweep_grid
     from .errors import Interrupted
-    from .evaluation.sweep import SweepRow, comparable, recommend, run_sweep, summarise, write_report
+    from .evaluation.sweep import SweepRow, run_sweep, write_report
     from .runtime import configure_process
     from .signals import stop_on_signals
 
@@ -486,8 +486,7 @@ def sweep(
             f"stopped by {exc.signal_name}; rerun the same command to go on", err=True, fg=typer.colors.YELLOW
         )
         raise typer.Exit(exc.exit_code) from None
-    table, picture = write_report(rows, out, title)
-    choice = recommend(summarise(comparable(rows)))
+    table, picture, choice = write_report(rows, out, title)
     typer.echo(
         f"table: {table}; plot: {picture}; recommended: {choice.setting} ({choice.seconds:.1f} s a case)"
     )

@@ -493,10 +493,13 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
     return write_atomic(Path(path), buffer.getvalue())
 
 
-def write_report(rows: Sequence[dict[str, str]], out_dir: Path, title: str) -> tuple[Path, Path]:
+def write_report(
+    rows: Sequence[dict[str, str]], out_dir: Path, title: str
+) -> tuple[Path, Path, SettingSummary]:
     """``sweep.md`` (a table per target and over all, and the recommendation), ``sweep.png`` (all
     targets) and ``sweep-<target>.png``. Each table and plot compares only the settings measured on all
-    of its cases and targets; the others are listed with what they were measured on."""
+    of its cases and targets; the others are listed with what they were measured on. Returns the
+    table, the plot and the recommended setting."""
     overall = summarise(comparable(rows))
     choice = recommend(overall)
     parts = [
@@ -531,4 +534,4 @@ def write_report(rows: Sequence[dict[str, str]], out_dir: Path, title: str) -> t
     ]
     table = write_atomic(out_dir / "sweep.md", "\n".join(parts))
     picture = plot(overall, out_dir / "sweep.png", title)
-    return table, picture
+    return table, picture, choice
