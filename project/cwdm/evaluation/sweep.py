@@ -485,7 +485,7 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
             [], [], marker="o", edgecolors="gray", facecolors="none", label="4 draws, or threshold"
         ),
     ]
-    axes[1].legend(handles=[*handles, axes[1].lines[0]], fontsize=7, loc="lower right")
+    axes[1].legend(handles=[*handles, axes[1].lines[0]], fontsize=7, loc="best")  # where it hides no point
     figure.suptitle(title + " (labels: sampling steps; x4: draws averaged; thr: threshold)", fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
