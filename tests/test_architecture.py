@@ -31,7 +31,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "qc": FOUNDATION | {"cases"},
     "inference": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "qc"},
     "training": FOUNDATION | {"method", "cases", "config", "runtime", "weights"},
-    "evaluation": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "inference"},
+    "segmentation": FOUNDATION | {"cases", "config", "runtime", "weights"},
+    "evaluation": FOUNDATION
+    | {"method", "cases", "config", "runtime", "weights", "inference", "segmentation"},
 }
 ENTRY_POINTS = {"cli", "__init__"}
 

@@ -382,14 +382,38 @@ def evaluate(
         bool,
         typer.Option(help="Also score the dummy baseline: each present sequence copied as the missing one."),
     ] = False,
+    segmenter: Annotated[
+        str | None,
+        typer.Option(
+            help="Segment each completed case and score Dice of WT, TC, ET: 'builtin' (the shipped "
+            "reference segmenter), a reference segmenter folder, or a YAML file describing an nnU-Net "
+            "model folder or a command."
+        ),
+    ] = None,
+    segmentations: Annotated[
+        Path | None,
+        typer.Option(help="Keep every label volume made here (never inside the prediction folder)."),
+    ] = None,
+    truth_labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Ground-truth label convention: brats2021, brats2023, brats2024 (default: by its values)."
+        ),
+    ] = None,
+    lesion_wise: Annotated[
+        bool,
+        typer.Option(help="Also the official BraTS metrics' lesion-wise Dice (optional extra, AGPL)."),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop."""
+    """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop, the brain
+    and the tumour, the organisers' SSIM; with --segmenter the Dice of the completed case's segmentation."""
     from .evaluation.evaluate import evaluate as evaluate_predictions
 
     _setup_logging(verbose)
     try:
-        result = evaluate_predictions(pred_dir, truth_dir, baseline=baseline)
+        downstream = _downstream_scorer(segmenter, segmentations, truth_labels, lesion_wise)
+        result = evaluate_predictions(pred_dir, truth_dir, baseline=baseline, downstream=downstream)
     except CwdmError as exc:
         raise _fail(exc) from exc
     for failure in result.failures:
@@ -399,6 +423,29 @@ def evaluate(
     if csv is not None:
         typer.echo(f"csv: {result.write_csv(csv)}")
     raise typer.Exit(1 if result.failures or not result.scores else 0)
+
+
+def _downstream_scorer(
+    segmenter: str | None, segmentations: Path | None, truth_labels: str | None, lesion_wise: bool
+):  # noqa: ANN202 (imported lazily)
+    """The Dice scorer of ``--segmenter`` (None without one); the other options need it."""
+    from .errors import ConfigError
+
+    if segmenter is None:
+        if segmentations is not None or lesion_wise:
+            raise ConfigError("--segmentations and --lesion-wise need --segmenter")
+        return None
+    from .evaluation.downstream import DownstreamScorer
+    from .segmentation.spec import open_segmenter
+
+    if truth_labels not in (None, "brats2021", "brats2023", "brats2024"):
+        raise ConfigError(f"--truth-labels {truth_labels}: expected brats2021, brats2023 or brats2024")
+    extra = None
+    if lesion_wise:
+        from .evaluation.lesionwise import OfficialMetrics
+
+        extra = OfficialMetrics()
+    return DownstreamScorer(open_segmenter(segmenter), segmentations, truth_labels, extra)  # type: ignore[arg-type]
 
 
 @app.command("drop-sequence")
@@ -559,6 +606,76 @@ def weights_fetch(
         raise _fail(exc) from exc
     typer.echo("\n".join(report.lines()))
     raise typer.Exit(0 if report.ok else 1)
+
+
+segmenter_app = typer.Typer(help="Train the reference tumour segmenter.", no_args_is_help=True)
+app.add_typer(segmenter_app, name="segmenter")
+
+
+@segmenter_app.command("train")
+def segmenter_train(
+    data: Annotated[
+        Path, typer.Argument(help="Training folder: complete cases with a <case>-seg.nii.gz each.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Run folder: checkpoints/, train_log.csv, weights/.")],
+    iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = 4000,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine).")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 1,
+    crop: Annotated[str, typer.Option(help="Crop of the 2 mm network grid, e.g. 96,96,64.")] = "96,96,64",
+    init_filters: Annotated[int, typer.Option(help="SegResNet base width.")] = 16,
+    exclude: Annotated[str, typer.Option(help="Comma list of case ids to hold out of training.")] = "",
+    save_every: Annotated[int, typer.Option(help="Checkpoint interval in steps.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and of every draw.")] = 0,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16 (a GPU, or a CPU with native bf16).")
+    ] = "fp32",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    max_seconds: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds, checkpointed (rerun to go on).")
+    ] = None,
+    init_weights: Annotated[
+        Path | None, typer.Option(help="Start a new run from these segmenter.safetensors weights.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train the reference segmenter (MONAI SegResNet, 2 mm, WT/TC/ET); a rerun resumes."""
+    from .config import ReferenceSegmenterSpec
+    from .segmentation.training import SegmenterStep, SegmenterTrainingConfig, train_segmenter
+    from .signals import stop_requested_on_signals
+
+    _setup_logging(verbose)
+
+    def report(r: SegmenterStep) -> None:
+        log.info("step %d  loss %.4f  %.3f it/s", r.step, r.loss, r.steps_per_s)
+
+    try:
+        config = SegmenterTrainingConfig(
+            spec=ReferenceSegmenterSpec(init_filters=init_filters),
+            iterations=iterations,
+            lr=lr,
+            batch_size=batch_size,
+            crop_size=tuple(_integers(crop)),  # type: ignore[arg-type]
+            save_every=save_every,
+            seed=seed,
+            precision=precision,
+            exclude=tuple(item.strip() for item in exclude.split(",") if item.strip()),
+        )
+        with stop_requested_on_signals() as stop:
+            trainer = train_segmenter(
+                data,
+                out,
+                config,
+                init_weights=init_weights,
+                device=device,
+                max_seconds=max_seconds,
+                on_log=report,
+                should_stop=stop.is_set,
+            )
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"step {trainer.step} of {iterations}; weights: {trainer.weights_dir}")
+    if stop.is_set():
+        raise typer.Exit(128 + (stop.signal_number or signal.SIGTERM))
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +31,24 @@ from ..cases.preprocessing import normalise
 from ..cases.reader import read_case_file, read_segmentation
 from ..cases.volumes import Volume, same_grid
 from ..errors import CaseError, CwdmError, ShapeError
+from ..segmentation.labels import DICE_COLUMNS
 from ..sequences import MRISequence, condition_order
 from .brasyn import BraSynScores, brasyn_scores
+from .downstream import DownstreamScorer, DownstreamScores
+from .lesionwise import LESION_DICE_COLUMNS
 from .metrics import METRICS, REGIONS, Scores, score_volumes
 
 log = logging.getLogger(__name__)
 
 #: The ``source`` of scores of the evaluated predictions (baseline rows are ``copy-<seq>``).
 PREDICTION = "prediction"
+#: The ``source`` of the real complete case's segmentation scores (the downstream ceiling).
+REAL = "real"
 #: The organisers' two numbers, as CSV columns.
 BRASYN_COLUMNS = ("brasyn_ssim_tumor", "brasyn_ssim_non_tumor")
+#: Dice of the segmentation of the completed case (:mod:`cwdm.evaluation.downstream`), then the official
+#: BraTS metrics' lesion-wise Dice where that optional package ran.
+DOWNSTREAM_COLUMNS = (*DICE_COLUMNS, *LESION_DICE_COLUMNS)
 
 _PREDICTION_NAME = re.compile(r"^(?P<case>.+)-(?P<seq>t1n|t1c|t2w|t2f)\.nii(?:\.gz)?$")
 
@@ -54,6 +63,8 @@ class CaseScores:
         source: :data:`PREDICTION`, or ``copy-<seq>`` for the baseline that copies ``<seq>``.
         regions: :class:`Scores` by region (``full`` and ``crop`` always; ``brain``, ``tumor`` when known).
         brasyn: The organisers' SSIM inside and outside the tumour, when the case has a segmentation.
+        downstream: Dice of the completed case's segmentation by column (:data:`DOWNSTREAM_COLUMNS`),
+            when a segmenter ran.
     """
 
     case_id: str
@@ -61,6 +72,7 @@ class CaseScores:
     source: str
     regions: Mapping[str, Scores] = field(default_factory=dict)
     brasyn: BraSynScores | None = None
+    downstream: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def full(self) -> Scores:
@@ -80,12 +92,17 @@ class CaseScores:
             for metric in METRICS
         }
         tumour, rest = (self.brasyn.tumor, self.brasyn.non_tumor) if self.brasyn else (math.nan, math.nan)
-        return values | dict(zip(BRASYN_COLUMNS, (tumour, rest), strict=True))
+        values |= dict(zip(BRASYN_COLUMNS, (tumour, rest), strict=True))
+        return values | {key: self.downstream.get(key, math.nan) for key in DOWNSTREAM_COLUMNS}
 
 
 def columns() -> list[str]:
-    """The score columns of the CSV, in order: ``<region>_<metric>``, then the organisers' two."""
-    return [f"{region}_{metric}" for region in REGIONS for metric in METRICS] + list(BRASYN_COLUMNS)
+    """The score columns of the CSV, in order: ``<region>_<metric>``, the organisers' two, the Dice."""
+    return (
+        [f"{region}_{metric}" for region in REGIONS for metric in METRICS]
+        + list(BRASYN_COLUMNS)
+        + list(DOWNSTREAM_COLUMNS)
+    )
 
 
 @dataclass(frozen=True)
@@ -128,19 +145,25 @@ class SummaryRow:
 
 
 def _source_key(source: str) -> tuple[int, str]:
-    """Predictions first, then the baseline copies in canonical order (t1n, t1c, t2w, t2f)."""
+    """Predictions first, the real case, then the baseline copies in canonical order (t1n, ..., t2f)."""
     if source == PREDICTION:
         return (0, source)
+    if source == REAL:
+        return (1, source)
     tag = source.removeprefix("copy-")
     order = [str(seq) for seq in MRISequence]
-    return (1 + order.index(tag), source) if tag in order else (len(order) + 1, source)
+    return (2 + order.index(tag), source) if tag in order else (len(order) + 2, source)
 
 
+_DOWNSTREAM_TITLES = [(key, "Dice") for key in DICE_COLUMNS] + [
+    (key, "lesion-wise Dice") for key in LESION_DICE_COLUMNS
+]
 #: The printed summary: the paper's protocol, then the regions and the organisers' score (columns, titles).
 _TABLES = (
     [(f"{r}_{m}", f"{m.upper()} {r}") for r in ("full", "crop") for m in METRICS],
     [(f"{r}_{m}", f"{m.upper()} {r}") for r in ("brain", "tumor") for m in ("psnr", "ssim")]
     + [("brasyn_ssim_tumor", "BraSyn SSIM tumor"), ("brasyn_ssim_non_tumor", "BraSyn SSIM non-tumor")],
+    [(key, f"{prefix} {key.rsplit('_', 1)[1].upper()}") for key, prefix in _DOWNSTREAM_TITLES],
 )
 
 
@@ -362,6 +385,7 @@ def evaluate(
     truth_dir: Path,
     *,
     baseline: bool = False,
+    downstream: DownstreamScorer | None = None,
     on_case: Callable[[str, MRISequence], None] | None = None,
 ) -> Evaluation:
     """Score every prediction ``<case>-<seq>.nii.gz`` of ``pred_dir`` against ``truth_dir/<case>/``.
@@ -374,6 +398,10 @@ def evaluate(
         truth_dir: Folder of complete cases, ``<case>/<case>-<seq>.nii.gz`` (and ``-seg`` where known).
         baseline: Also score the dummy baseline (:func:`baseline_scores`) of every predicted case and
             target.
+        downstream: Segment each completed case and score its Dice (cases with a ``-seg`` file), and
+            the real case once per case (source :data:`REAL`), and with ``baseline`` each copy too. A
+            segmenter that fails on a case is a failure of that case's Dice (source ``segmentation``);
+            its image scores stand.
         on_case: Called with the case id and target after each prediction is processed.
 
     Returns:
@@ -381,10 +409,13 @@ def evaluate(
 
     Raises:
         CwdmError: ``pred_dir`` or ``truth_dir`` is not a folder.
+        ConfigError: the segmentations folder overlaps ``pred_dir``.
     """
     for label, folder in (("prediction", pred_dir), ("ground-truth", truth_dir)):
         if not Path(folder).is_dir():
             raise CwdmError(f"{label} folder {folder} does not exist or is not a folder")
+    if downstream is not None:
+        downstream.check_output_folder(Path(pred_dir))
     predictions, failures = _prediction_files(pred_dir)
     if not predictions:
         log.warning("no prediction files (<case>-<seq>.nii.gz) in %s", pred_dir)
@@ -393,16 +424,43 @@ def evaluate(
         try:
             truth_case = _truth_case(truth_dir, case_id)
             seg = read_segmentation(truth_case)
-            scores.append(score_prediction(path, _truth_file(truth_case, target), case_id, seg))
+            scored = score_prediction(path, _truth_file(truth_case, target), case_id, seg)
         except CaseError as exc:
             log.debug("not scored: %s", exc)
             failures.append(EvaluationFailure(case_id, target, PREDICTION, str(exc)))
         else:
+            segmented = downstream is not None and seg is not None
+            if segmented:
+                scored = _with_downstream(
+                    scored, partial(downstream.completed, truth_case, target, path), failures
+                )
+                real = CaseScores(case_id, target, REAL)
+                scores.append(_with_downstream(real, partial(downstream.real, truth_case), failures))
+            scores.append(scored)
             if baseline:
-                scores.extend(_baseline_or_failure(truth_case.folder, target, failures))
+                for copy in _baseline_or_failure(truth_case.folder, target, failures):
+                    if segmented:
+                        source = MRISequence(copy.source.removeprefix("copy-"))
+                        copy = _with_downstream(
+                            copy, partial(downstream.copy, truth_case, target, source), failures
+                        )
+                    scores.append(copy)
         if on_case is not None:
             on_case(case_id, target)
     return Evaluation(scores=tuple(_sorted(scores)), failures=tuple(failures))
+
+
+def _with_downstream(
+    scores: CaseScores, compute: Callable[[], DownstreamScores], failures: list[EvaluationFailure]
+) -> CaseScores:
+    """``scores`` with the Dice ``compute`` gives; a case error there becomes a failure of its own."""
+    try:
+        downstream = compute()
+    except CaseError as exc:
+        log.warning("%s", exc)
+        failures.append(EvaluationFailure(scores.case_id, scores.target, "segmentation", str(exc)))
+        return scores
+    return replace(scores, downstream=downstream.values())
 
 
 def _baseline_or_failure(

@@ -1,0 +1,126 @@
+"""The reference segmenter: its input layout against a float64 oracle, loading, segmenting, training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cwdm.cases.preprocessing import normalise
+from cwdm.config import ReferenceSegmenterSpec
+from cwdm.errors import CheckpointError, ConfigError
+from cwdm.segmentation.case import CompleteCase
+from cwdm.segmentation.reference import ReferenceSegmenter, network_input, regions_on_grid, to_network_grid
+from cwdm.segmentation.spec import open_segmenter
+from cwdm.segmentation.training import SegmenterTrainingConfig, train_segmenter
+from cwdm.sequences import CANONICAL_ORDER
+
+from .synthetic import write_case_folder
+
+TINY_SPEC = ReferenceSegmenterSpec(init_filters=8, blocks_down=(1, 1), blocks_up=(1,), downsample=2)
+
+
+def block_means_oracle(values: np.ndarray, factor: int, multiple: int) -> np.ndarray:
+    """Zero-pad after each axis to ``multiple``, then average ``factor``-blocks, in float64."""
+    pad = [(0, 0)] + [(0, (-n) % multiple) for n in values.shape[1:]]
+    padded = np.pad(values.astype(np.float64), pad)
+    c, x, y, z = padded.shape
+    return padded.reshape(c, x // factor, factor, y // factor, factor, z // factor, factor).mean(
+        axis=(2, 4, 6)
+    )
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 24), (30, 27, 19)])
+def test_network_grid_is_the_padded_block_mean(shape: tuple[int, int, int]) -> None:
+    values = np.random.default_rng(0).random((3, *shape)).astype(np.float32)
+    ours = to_network_grid(torch.from_numpy(values), TINY_SPEC).numpy()
+    np.testing.assert_allclose(ours, block_means_oracle(values, 2, 4), atol=1e-6)
+
+
+def test_network_input_normalises_each_sequence_as_synthesis_does() -> None:
+    rng = np.random.default_rng(1)
+    volumes = [rng.gamma(2.0, 100.0, (16, 16, 8)) for _ in range(4)]
+    ours = network_input(volumes, TINY_SPEC).numpy()
+    expected = block_means_oracle(np.stack([normalise(v) for v in volumes]), 2, 4)
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_probabilities_come_back_on_the_input_grid() -> None:
+    logits = torch.randn(3, 8, 7, 5)
+    probabilities = regions_on_grid(logits, (15, 13, 9), TINY_SPEC)
+    assert probabilities.shape == (3, 15, 13, 9)
+    assert float(probabilities.min()) >= 0 and float(probabilities.max()) <= 1
+
+
+@pytest.fixture
+def tiny_segmenter_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "train"
+    for index in range(2):
+        write_case_folder(data, f"BraTS-GLI-{index:05d}-000", seed=index)
+    config = SegmenterTrainingConfig(spec=TINY_SPEC, iterations=2, crop_size=(16, 16, 8), save_every=2)
+    trainer = train_segmenter(data, tmp_path / "run", config)
+    return trainer.weights_dir
+
+
+def test_a_trained_folder_loads_and_segments_a_case_on_its_grid(
+    tiny_segmenter_dir: Path, tmp_path: Path
+) -> None:
+    folder = write_case_folder(tmp_path / "cases", "BraTS-GLI-00009-000", seed=9)
+    case = CompleteCase(folder.name, {seq: folder / f"{folder.name}-{seq}.nii.gz" for seq in CANONICAL_ORDER})
+    segmenter = open_segmenter(tiny_segmenter_dir, device="cpu")
+    assert isinstance(segmenter, ReferenceSegmenter)
+    labels = segmenter.segment(case)
+    assert labels.shape == (32, 32, 24) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    # The labels are the thresholded probabilities painted outside in.
+    regions = segmenter.probabilities([v.data for v in case.volumes()]).numpy() > 0.5
+    np.testing.assert_array_equal(labels == 3, regions[2])
+    np.testing.assert_array_equal(labels > 0, regions[0] | regions[1] | regions[2])
+
+
+def test_bad_segmenter_values_are_clear_errors(tmp_path: Path, tiny_segmenter_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="neither 'builtin' nor an existing"):
+        open_segmenter(tmp_path / "nowhere")
+    (tmp_path / "nnunet").mkdir()
+    (tmp_path / "nnunet" / "plans.json").write_text("{}")
+    with pytest.raises(ConfigError, match="nnU-Net model folder"):
+        open_segmenter(tmp_path / "nnunet")
+    (tiny_segmenter_dir / "segmenter.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="segmenter.safetensors"):
+        open_segmenter(tiny_segmenter_dir)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_resumes_bit_for_bit(tmp_path: Path) -> None:
+    data = tmp_path / "train"
+    for index in range(2):
+        write_case_folder(data, f"BraTS-GLI-{index:05d}-000", seed=index, seg_convention="brats2021")
+    config = SegmenterTrainingConfig(spec=TINY_SPEC, iterations=4, crop_size=(8, 8, 8), save_every=100)
+    straight = train_segmenter(data, tmp_path / "straight", config)
+    stops = iter([False, True])
+    stopped = train_segmenter(data, tmp_path / "resumed", config, should_stop=lambda: next(stops))
+    assert stopped.step == 2
+    resumed = train_segmenter(data, tmp_path / "resumed", config)
+    assert resumed.step == 4
+    assert _states_equal(straight.network.state_dict(), resumed.network.state_dict())
+    other = SegmenterTrainingConfig(spec=TINY_SPEC, iterations=6, lr=1e-3, crop_size=(8, 8, 8))
+    with pytest.raises(CheckpointError, match="lr"):
+        train_segmenter(data, tmp_path / "resumed", other)
+
+
+def test_training_needs_segmented_cases(tmp_path: Path) -> None:
+    write_case_folder(tmp_path / "train", "BraTS-GLI-00001-000", seed=1, with_seg=False)
+    with pytest.raises(Exception, match="no complete case with a -seg file"):
+        train_segmenter(tmp_path / "train", tmp_path / "run", SegmenterTrainingConfig(spec=TINY_SPEC))
+
+
+def test_exported_weights_are_small_half_precision(tiny_segmenter_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(tiny_segmenter_dir / "segmenter.safetensors"))
+    assert {t.dtype for t in state.values()} == {torch.float16}
