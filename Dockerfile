@@ -56,6 +56,8 @@ ARG WEIGHTS_REVISION=""
 # pip settings again (an ARG is seen only by the stage that declares it)
 ARG WHEELHOUSE=""
 COPY weights/demo /opt/cwdm-build/weights/demo
+# The reference tumour segmenter of `cwdm evaluate --segmenter builtin`, whichever synthesis weights.
+COPY weights/segmenter /opt/cwdm/weights/segmenter
 RUN --mount=type=secret,id=pipca \
     set -eu; \
     case "$WEIGHTS" in \

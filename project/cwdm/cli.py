@@ -4,6 +4,7 @@ library, render, exit code)."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -493,6 +494,16 @@ def sweep(
         typer.Option(help="Scoring processes (default: CPUs - 1); 0: score after each synthesis, in turn."),
     ] = None,
     keep_predictions: Annotated[bool, typer.Option(help="Keep every prediction under OUT/work/.")] = False,
+    segmenter: Annotated[
+        str | None,
+        typer.Option(
+            help="Also the Dice of each completed case (and of the real case and the copies, once each): "
+            "'builtin', a reference segmenter folder, or an nnU-Net / command description file."
+        ),
+    ] = None,
+    segmentations: Annotated[
+        Path | None, typer.Option(help="Keep every label volume made here (with --segmenter).")
+    ] = None,
     title: Annotated[str, typer.Option(help="Title of sweep.md and sweep.png.")] = "cwdm sweep",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -508,6 +519,10 @@ def sweep(
 
     def show(row: SweepRow) -> None:
         scores = f"PSNR {row.scores['full_psnr']:.2f}  SSIM {row.scores['full_ssim']:.4f}"
+        if math.isfinite(row.scores.get("dice_wt", math.nan)):
+            scores += "  Dice WT/TC/ET " + "/".join(
+                f"{row.scores[k]:.3f}" for k in ("dice_wt", "dice_tc", "dice_et")
+            )
         typer.echo(f"{row.setting.name}  {row.case_id}  {row.target}  {row.seconds:.1f} s  {scores}")
 
     try:
@@ -524,6 +539,8 @@ def sweep(
                 base=base,
                 workers=workers,
                 keep_predictions=keep_predictions,
+                segmenter=segmenter,
+                segmentations_dir=segmentations,
                 on_row=show,
             )
     except CwdmError as exc:

@@ -388,7 +388,7 @@ class NnUNetSegmenterSpec(_Strict):
 
     The channel order and the meaning of the model's labels are declared, never guessed: an nnU-Net
     BraTS model may number its inputs and labels in any order (nnU-Net's BraTS 2021 conversion, for one,
-    feeds FLAIR, T1, T1ce, T2 and labels oedema 1, necrosis 2, enhancing 3).
+    feeds T1, T1ce, T2, FLAIR and labels oedema 1, necrosis 2, enhancing 3).
     """
 
     kind: Literal["nnunet"]

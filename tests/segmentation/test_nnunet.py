@@ -24,7 +24,8 @@ from .synthetic import write_case_folder
 pytest.importorskip("nnunetv2")
 
 MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "nnunet_tiny" / "model"
-#: The fixture's layout (nnU-Net's BraTS 2021 conversion): FLAIR, T1, T1ce, T2; 1 oedema, 2 necrosis, 3 ET.
+#: The fixture's layout: FLAIR, T1, T1ce, T2; labels as nnU-Net's BraTS 2021 conversion
+#: (1 oedema, 2 necrosis, 3 ET).
 CHANNELS = ["t2f", "t1n", "t1c", "t2w"]
 LABELS = {1: "ED", 2: "NCR", 3: "ET"}
 

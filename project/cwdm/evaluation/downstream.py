@@ -107,14 +107,24 @@ class DownstreamScorer:
             )
 
     # -- the three kinds of completed case ------------------------------------------------------
-    def completed(self, truth_case: Case, target: MRISequence, prediction: Path) -> DownstreamScores:
+    def completed(
+        self, truth_case: Case, target: MRISequence, prediction: Path, tag: str | None = None
+    ) -> DownstreamScores:
         """The case completed with ``prediction`` as ``target``.
+
+        Args:
+            truth_case: The complete case (with its ``-seg``).
+            target: The synthesised sequence.
+            prediction: The synthesis.
+            tag: Appended to the kept label volume's name (``<case>-<target>-<tag>.nii.gz``), where
+                several syntheses of one case and target are kept (a sweep's settings).
 
         Raises:
             CaseError: no ``-seg`` file, an unreadable file, files off one grid, a failed segmenter.
         """
         case = self._complete(truth_case).with_file(target, prediction, str(target))
-        return self._score(truth_case, case, f"{truth_case.case_id}-{target}")
+        name = f"{truth_case.case_id}-{target}" + (f"-{tag}" if tag else "")
+        return self._score(truth_case, case, name)
 
     def real(self, truth_case: Case) -> DownstreamScores:
         """The real complete case: the ceiling (segmented once per case)."""

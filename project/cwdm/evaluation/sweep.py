@@ -11,6 +11,11 @@ and target, written as each is scored, and a rerun skips the rows it finds. Scor
 processes while the next case samples, or, with ``workers=0``, in this process after each synthesis: on a
 machine of few cores a scoring running beside a synthesis would be counted in that synthesis's time.
 
+With a segmenter (``segmenter``: a ``--segmenter`` value) every synthesis also gets the Dice of its
+completed case (:mod:`cwdm.evaluation.downstream`), and each case is scored once, in ``baselines.csv``,
+as the real complete case (the ceiling) and with each present sequence copied into the missing slot
+(the challenge's dummy), so that a setting's Dice is read against both.
+
 :func:`summarise` turns the rows into a table per target and overall (mean over cases), marks the
 Pareto front (no other setting both faster and better), and :func:`recommend` picks the fastest setting
 within a tolerance of the best score measured; :func:`plot` draws score against seconds per case.
@@ -40,9 +45,12 @@ from ..errors import CwdmError
 from ..inference.fastpath import FastPathOptions
 from ..inference.synthesizer import Synthesizer
 from ..runtime import resolve_runtime
+from ..segmentation.labels import DICE_COLUMNS
+from ..segmentation.spec import open_segmenter
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.folder import WeightsDir
-from .evaluate import columns, score_prediction
+from .downstream import DownstreamScorer
+from .evaluate import REAL, baseline_scores, columns, score_prediction
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +130,17 @@ def _inputs(cases: Sequence[Case], target: MRISequence, root: Path) -> Path:
     return folder
 
 
+#: The segmenter of each ``--segmenter`` value, loaded once per process (the scoring workers' too).
+_SCORERS: dict[tuple[str, str | None], DownstreamScorer] = {}
+
+
+def _downstream(segmenter: str, segmentations_dir: Path | None) -> DownstreamScorer:
+    key = (segmenter, None if segmentations_dir is None else str(segmentations_dir))
+    if key not in _SCORERS:
+        _SCORERS[key] = DownstreamScorer(open_segmenter(segmenter, device="cpu"), segmentations_dir)
+    return _SCORERS[key]
+
+
 def _score(
     setting: SweepSetting,
     case: Case,
@@ -130,12 +149,20 @@ def _score(
     seconds: float,
     device: str,
     uncertainty: float | None,
+    segmenter: str | None = None,
+    segmentations_dir: Path | None = None,
 ) -> SweepRow:
-    """Score one prediction (in a worker process)."""
-    scored = score_prediction(
-        prediction, case.files[MRISequence(target)], case.case_id, read_segmentation(case)
-    )
-    return SweepRow(setting, case.case_id, target, seconds, device, uncertainty, scored.values())
+    """Score one prediction (in a worker process); with a segmenter, the Dice of its completed case.
+
+    A segmentation kept in ``segmentations_dir`` is named ``<case>-<target>-<setting>.nii.gz``.
+    """
+    seg = read_segmentation(case)
+    scored = score_prediction(prediction, case.files[MRISequence(target)], case.case_id, seg)
+    values = scored.values()
+    if segmenter is not None and seg is not None:
+        scorer = _downstream(segmenter, segmentations_dir)
+        values |= scorer.completed(case, MRISequence(target), prediction, setting.name).values()
+    return SweepRow(setting, case.case_id, target, seconds, device, uncertainty, values)
 
 
 class _InlineExecutor:
@@ -163,6 +190,8 @@ def run_sweep(
     base: RunParameters | None = None,
     workers: int | None = None,
     keep_predictions: bool = False,
+    segmenter: str | None = None,
+    segmentations_dir: Path | None = None,
     on_row: Callable[[SweepRow], None] | None = None,
 ) -> list[dict[str, str]]:
     """Synthesise and score every complete case of ``cases_dir`` once per target and setting.
@@ -177,6 +206,9 @@ def run_sweep(
         workers: Scoring processes (default: the CPU count minus one, at least one); 0 scores each
             synthesis in this process once it is timed, so that no scoring shares the processor with one.
         keep_predictions: Keep every prediction (``work/predictions/<setting>/``) after it is scored.
+        segmenter: Also score the Dice of each completed case with this segmenter (a ``--segmenter``
+            value: ``builtin``, a folder, a description file), and the baselines (:func:`score_baselines`).
+        segmentations_dir: Keep every label volume made there.
         on_row: Called with each new row.
 
     Returns:
@@ -268,6 +300,8 @@ def run_sweep(
                             result.elapsed_s,
                             str(setting_runtime.device),
                             result.uncertainty,
+                            segmenter,
+                            segmentations_dir,
                         )
                     )
                     collect(wait=False)
@@ -278,6 +312,56 @@ def run_sweep(
         collect(wait=False, stopping=True)
     if not keep_predictions:
         shutil.rmtree(work / "predictions", ignore_errors=True)
+    if segmenter is not None:
+        score_baselines(cases, wanted, _downstream(segmenter, segmentations_dir), out_dir / BASELINES_NAME)
+    return rows
+
+
+#: The baselines' scores beside ``sweep.csv``: per case the real complete case, per case and target each
+#: copy of a present sequence.
+BASELINES_NAME = "baselines.csv"
+BASELINE_COLUMNS = ["case", "target", "source", *columns()]
+
+
+def score_baselines(
+    cases: Sequence[Case], targets: Sequence[MRISequence], scorer: DownstreamScorer, path: Path
+) -> list[dict[str, str]]:
+    """Score, once, each case's real complete case (Dice, target ``all``) and each copy baseline of each
+    target (every score and the Dice) into ``path``; rows already there are kept (resumable).
+
+    Returns:
+        Every row of ``path``.
+    """
+    rows = read_rows(path)
+    done = {(row["case"], row["target"], row["source"]) for row in rows}
+
+    def save(case_id: str, target: str, source: str, values: dict[str, float]) -> None:
+        cells = {
+            key: "" if math.isnan(v) else repr(v) for key, v in values.items() if key in BASELINE_COLUMNS
+        }
+        rows.append({"case": case_id, "target": target, "source": source} | cells)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, BASELINE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, buffer.getvalue())
+
+    for case in cases:
+        if read_segmentation(case) is None:
+            continue
+        if (case.case_id, "all", REAL) not in done:
+            save(case.case_id, "all", REAL, scorer.real(case).values())
+        for target in targets:
+            for copy in baseline_scores(case.folder, target):
+                if (case.case_id, str(target), copy.source) in done:
+                    continue
+                seq = MRISequence(copy.source.removeprefix("copy-"))
+                save(
+                    case.case_id,
+                    str(target),
+                    copy.source,
+                    copy.values() | scorer.copy(case, target, seq).values(),
+                )
     return rows
 
 
@@ -289,6 +373,9 @@ SUMMARY_SCORES = {
     "brain_psnr": "PSNR brain",
     "brasyn_ssim_tumor": "BraSyn SSIM tumour",
     "brasyn_ssim_non_tumor": "BraSyn SSIM non-tumour",
+    "dice_wt": "Dice WT",
+    "dice_tc": "Dice TC",
+    "dice_et": "Dice ET",
 }
 
 
@@ -366,18 +453,67 @@ def _on_front(candidate: SettingSummary, others: Sequence[SettingSummary], key: 
 
 
 def recommend(
-    summaries: Sequence[SettingSummary], psnr_tolerance: float = 0.5, ssim_tolerance: float = 0.01
+    summaries: Sequence[SettingSummary],
+    psnr_tolerance: float = 0.5,
+    ssim_tolerance: float = 0.01,
+    dice_tolerance: float = 0.02,
 ) -> SettingSummary:
-    """The fastest setting whose mean PSNR and SSIM are within the tolerances of the best measured."""
+    """The fastest setting whose mean PSNR and SSIM are within the tolerances of the best measured and,
+    where the rows have Dice, whose mean Dice of every region (WT, TC, ET) is within ``dice_tolerance``
+    of the best measured for that region."""
     best_psnr = max(s.scores["full_psnr"] for s in summaries)
     best_ssim = max(s.scores["full_ssim"] for s in summaries)
+    dice_keys = [k for k in DICE_COLUMNS if any(math.isfinite(s.scores.get(k, math.nan)) for s in summaries)]
+    best_dice = {k: max(s.scores[k] for s in summaries if math.isfinite(s.scores[k])) for k in dice_keys}
     good = [
         s
         for s in summaries
         if s.scores["full_psnr"] >= best_psnr - psnr_tolerance
         and s.scores["full_ssim"] >= best_ssim - ssim_tolerance
+        and all(s.scores[k] >= best_dice[k] - dice_tolerance for k in dice_keys)  # NaN fails
     ]
     return min(good, key=lambda s: s.seconds)
+
+
+def baseline_summary(
+    baselines: Sequence[dict[str, str]], rows: Sequence[dict[str, str]], target: str | None = None
+) -> dict[str, dict[str, float]]:
+    """Mean scores of the real case and of each copy source over the cases and targets of ``rows``.
+
+    Returns:
+        ``{source: {column: mean, "n": rows averaged}}``, the real case first (one row per case: its
+        Dice does not depend on the target).
+    """
+    pairs = {(row["case"], row["target"]) for row in rows if target is None or row["target"] == target}
+    cases = {case for case, _ in pairs}
+    out: dict[str, dict[str, float]] = {}
+    for source in sorted({b["source"] for b in baselines}, key=lambda src: (src != REAL, src)):
+        chosen = [
+            b
+            for b in baselines
+            if b["source"] == source
+            and (b["case"] in cases if source == REAL else (b["case"], b["target"]) in pairs)
+        ]
+        if chosen:
+            out[source] = {key: _mean(b.get(key, "") for b in chosen) for key in SUMMARY_SCORES}
+            out[source]["n"] = float(len(chosen))
+    return out
+
+
+def baseline_table(summary: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of :func:`baseline_summary`."""
+    lines = [
+        "| baseline | n | " + " | ".join(SUMMARY_SCORES.values()) + " |",
+        "|" + "---|" * (len(SUMMARY_SCORES) + 2),
+    ]
+    for source, means in summary.items():
+        label = "real complete case (ceiling)" if source == REAL else source.replace("copy-", "copy ")
+        cells = [label, str(int(means["n"]))]
+        for key in SUMMARY_SCORES:
+            value = means[key]
+            cells.append("-" if math.isnan(value) else f"{value:.2f}" if "psnr" in key else f"{value:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(summaries: Sequence[SettingSummary]) -> str:
@@ -418,17 +554,29 @@ def markdown_table(summaries: Sequence[SettingSummary]) -> str:
 _ROUND_SECONDS = [m * 10.0**e for e in range(-2, 6) for m in (1, 2, 5)]
 
 
-def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
-    """PSNR and SSIM against seconds per case (log scale), one point per setting, the Pareto front drawn."""
+def plot(
+    summaries: Sequence[SettingSummary],
+    path: Path,
+    title: str,
+    references: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """Score against seconds per case (log scale), one point per setting, the Pareto front drawn: PSNR
+    and SSIM, and where the rows have Dice a second row with Dice of WT, TC and ET. ``references``
+    (:func:`baseline_summary`) adds the real case (the ceiling) and the best copy baseline as lines."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    figure = Figure(figsize=(11, 4.5))
-    axes = figure.subplots(1, 2)
-    for ax, key, label in (
-        (axes[0], "full_psnr", "PSNR (dB), full volume"),
-        (axes[1], "full_ssim", "SSIM, full volume"),
-    ):
+    with_dice = any(math.isfinite(s.scores.get(k, math.nan)) for s in summaries for k in DICE_COLUMNS)
+    panels = [("full_psnr", "PSNR (dB), full volume"), ("full_ssim", "SSIM, full volume")]
+    if with_dice:
+        panels += [(key, f"Dice {key[-2:].upper()} of the completed case") for key in DICE_COLUMNS]
+    figure = Figure(figsize=(15, 9) if with_dice else (11, 4.5))
+    grid = figure.subplots(2, 3) if with_dice else figure.subplots(1, 2)
+    axes = list(grid.flat)
+    legend_ax = axes.pop(2) if with_dice else axes[1]
+    references = references or {}
+    copies = {k: v for k, v in references.items() if k != REAL}
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for s in summaries:
             f = s.fields
             marker = {"ddim": "o", "ddpm": "s"}.get(f["sampler"], "^")
@@ -442,27 +590,24 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
                 " thr" if f["postprocess"] == "threshold" else ""
             )
             ax.annotate(
-                tag,
-                (s.seconds, s.scores[key]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
+                tag, (s.seconds, s.scores[key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
-        front = sorted(
-            (s for s in summaries if (s.pareto_psnr if key == "full_psnr" else s.pareto_ssim)),
-            key=lambda s: s.seconds,
+        if key in ("full_psnr", "full_ssim"):
+            front = sorted(
+                (s for s in summaries if (s.pareto_psnr if key == "full_psnr" else s.pareto_ssim)),
+                key=lambda s: s.seconds,
+            )
+            ax.plot([s.seconds for s in front], [s.scores[key] for s in front], color="black", lw=1, zorder=2)
+        if REAL in references and math.isfinite(references[REAL].get(key, math.nan)):
+            ax.axhline(references[REAL][key], color="tab:green", lw=1.2)
+        best_copy = max(
+            (v.get(key, math.nan) for v in copies.values() if math.isfinite(v.get(key, math.nan))),
+            default=None,
         )
-        ax.plot(
-            [s.seconds for s in front],
-            [s.scores[key] for s in front],
-            color="black",
-            lw=1,
-            zorder=2,
-            label="Pareto front",
-        )
+        if best_copy is not None:
+            ax.axhline(best_copy, color="gray", lw=1, ls="--")
         ax.set_xscale("log")
         # Labelled ticks at 1-2-5 steps (plain 5, 10, 20 rather than 10^1), whatever the range.
-        # Fixed limits: the legend's empty scatters below would otherwise autoscale them again.
         low, high = min(s.seconds for s in summaries) / 1.3, max(s.seconds for s in summaries) * 1.3
         ax.set_xlim(low, high)
         ax.set_xticks([v for v in _ROUND_SECONDS if low <= v <= high])
@@ -470,22 +615,35 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("seconds per case (end to end)")
         ax.set_ylabel(label)
+        if key in DICE_COLUMNS:
+            ax.set_ylim(0, 1.02)  # one scale for the three regions
         ax.grid(alpha=0.3)
     handles = [
-        axes[0].scatter(
+        legend_ax.scatter(
             [], [], marker="o", edgecolors="tab:blue", facecolors="tab:blue", label="DDIM, trailing"
         ),
-        axes[0].scatter(
+        legend_ax.scatter(
             [], [], marker="o", edgecolors="tab:orange", facecolors="tab:orange", label="DDIM, linspace"
         ),
-        axes[0].scatter(
+        legend_ax.scatter(
             [], [], marker="s", edgecolors="tab:orange", facecolors="tab:orange", label="DDPM, linspace"
         ),
-        axes[0].scatter(
+        legend_ax.scatter(
             [], [], marker="o", edgecolors="gray", facecolors="none", label="4 draws, or threshold"
         ),
+        legend_ax.plot([], [], color="black", lw=1, label="Pareto front")[0],
     ]
-    axes[1].legend(handles=[*handles, axes[1].lines[0]], fontsize=7, loc="best")  # where it hides no point
+    if REAL in references:
+        handles.append(
+            legend_ax.plot([], [], color="tab:green", lw=1.2, label="real complete case (ceiling)")[0]
+        )
+    if copies:
+        handles.append(legend_ax.plot([], [], color="gray", lw=1, ls="--", label="best copy baseline")[0])
+    if with_dice:
+        legend_ax.axis("off")
+        legend_ax.legend(handles=handles, fontsize=9, loc="center")
+    else:
+        legend_ax.legend(handles=handles, fontsize=7, loc="best")  # where it hides no point
     figure.suptitle(title + " (labels: sampling steps; x4: draws averaged; thr: threshold)", fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -496,12 +654,17 @@ def plot(summaries: Sequence[SettingSummary], path: Path, title: str) -> Path:
 def write_report(
     rows: Sequence[dict[str, str]], out_dir: Path, title: str
 ) -> tuple[Path, Path, SettingSummary]:
-    """``sweep.md`` (a table per target and over all, and the recommendation), ``sweep.png`` (all
-    targets) and ``sweep-<target>.png``. Each table and plot compares only the settings measured on all
-    of its cases and targets; the others are listed with what they were measured on. Returns the
-    table, the plot and the recommended setting."""
+    """``sweep.md`` (a table per target and over all, the baselines, and the recommendation),
+    ``sweep.png`` (all targets) and ``sweep-<target>.png``. Each table and plot compares only the
+    settings measured on all of its cases and targets; the others are listed with what they were
+    measured on. With ``baselines.csv`` in ``out_dir`` (a sweep with a segmenter), the real case and the
+    copy baselines of the same cases are tabled and drawn beside the settings, and the recommendation
+    also holds the Dice. Returns the table, the plot and the recommended setting over all targets."""
+    out_dir = Path(out_dir)
+    baselines = read_rows(out_dir / BASELINES_NAME)
     overall = summarise(comparable(rows))
     choice = recommend(overall)
+    with_dice = any(math.isfinite(choice.scores.get(k, math.nan)) for k in DICE_COLUMNS)
     parts = [
         f"# {title}",
         "",
@@ -512,6 +675,9 @@ def write_report(
         markdown_table(overall),
         "",
     ]
+    references = baseline_summary(baselines, comparable(rows)) if baselines else {}
+    if references:
+        parts += ["Baselines of the same cases and targets:", "", baseline_table(references), ""]
     partial = sorted({row["setting"] for row in rows} - {s.setting for s in overall})
     if partial:
         parts += ["Measured on some cases or targets only (see the tables per target):", ""]
@@ -519,19 +685,37 @@ def write_report(
             where = sorted({f"{row['case']} {row['target']}" for row in rows if row["setting"] == name})
             parts.append(f"- `{name}`: " + ", ".join(where))
         parts.append("")
-    out_dir = Path(out_dir)
+    per_target: list[tuple[str, SettingSummary]] = []
     for target in [str(t) for t in CANONICAL_ORDER if any(row["target"] == str(t) for row in rows)]:
-        summaries = summarise(comparable(rows, target))
+        chosen = comparable(rows, target)
+        summaries = summarise(chosen)
+        target_references = baseline_summary(baselines, chosen, target) if baselines else {}
         parts += [f"## Missing {target}", "", markdown_table(summaries), ""]
-        plot(summaries, out_dir / f"sweep-{target}.png", f"{title}, missing {target}")
+        if target_references:
+            parts += [baseline_table(target_references), ""]
+        plot(summaries, out_dir / f"sweep-{target}.png", f"{title}, missing {target}", target_references)
+        per_target.append((target, recommend(summaries)))
+    rule = "within 0.5 dB PSNR and 0.01 SSIM" + (" and 0.02 Dice of each region" if with_dice else "")
     parts += [
         "## Recommended",
         "",
-        f"`{choice.setting}`: the fastest setting within 0.5 dB PSNR and 0.01 SSIM of the best measured "
-        f"over all targets ({choice.seconds:.1f} s a case, PSNR {choice.scores['full_psnr']:.2f} dB, "
-        f"SSIM {choice.scores['full_ssim']:.4f}).",
+        f"`{choice.setting}`: the fastest setting {rule} of the best measured over all targets "
+        f"({choice.seconds:.1f} s a case, PSNR {choice.scores['full_psnr']:.2f} dB, "
+        f"SSIM {choice.scores['full_ssim']:.4f}"
+        + (
+            ", Dice WT/TC/ET " + "/".join(f"{choice.scores[k]:.3f}" for k in DICE_COLUMNS)
+            if with_dice
+            else ""
+        )
+        + ").",
+        "",
+        "By the same rule, target by target:",
         "",
     ]
+    parts += [
+        f"- missing {target}: `{pick.setting}` ({pick.seconds:.1f} s a case)" for target, pick in per_target
+    ]
+    parts.append("")
     table = write_atomic(out_dir / "sweep.md", "\n".join(parts))
-    picture = plot(overall, out_dir / "sweep.png", title)
+    picture = plot(overall, out_dir / "sweep.png", title, references)
     return table, picture, choice
