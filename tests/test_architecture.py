@@ -28,7 +28,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "config": FOUNDATION | {"method", "cases"},
     "runtime": FOUNDATION | {"config"},
     "weights": FOUNDATION | {"method", "config"},
-    "qc": FOUNDATION | {"cases"},
+    "qc": FOUNDATION | {"cases", "segmentation"},
     "inference": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "qc"},
     "training": FOUNDATION | {"method", "cases", "config", "runtime", "weights"},
     "segmentation": FOUNDATION | {"cases", "config", "runtime", "weights"},

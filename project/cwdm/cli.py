@@ -563,10 +563,19 @@ def qc(
         Path, typer.Argument(help="The case folders they were made from (or complete ones).")
     ],
     out: Annotated[Path, typer.Argument(help="QC folder: a preview per prediction and index.html.")],
+    segmenter: Annotated[
+        str | None,
+        typer.Option(
+            help="Outline the tumour this segmenter finds in the completed case (and the real one) on "
+            "each preview, with their Dice on the card: 'builtin', a reference segmenter folder, or a "
+            "segmenter YAML (nnU-Net model, command).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Previews of predictions already written, and their contact sheet (OUT/index.html)."""
     from .qc.run import qc_folder
+    from .segmentation.spec import open_segmenter
 
     _setup_logging(verbose)
     try:
@@ -575,6 +584,7 @@ def qc(
             data_dir,
             out,
             on_case=lambda e: typer.echo(f"{e.case_id}  {e.target or '-'}  {e.status}"),
+            segmenter=None if segmenter is None else open_segmenter(segmenter),
         )
     except CwdmError as exc:
         raise _fail(exc) from exc

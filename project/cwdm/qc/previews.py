@@ -6,7 +6,10 @@ voxels). Columns are the three present sequences, the synthesis, and, when there
 (``cwdm qc`` on complete cases) and the uncertainty map (``samples`` > 1). Every intensity volume is shown
 on the same scale: values in [0, 1] after the training normalisation (the synthesis is already on it),
 grey from 0 to 1. The uncertainty map (voxel-wise standard deviation of the draws) has its own colour
-scale, 0 to its 99.5th percentile inside the brain, with a colour bar.
+scale, 0 to its 99.5th percentile inside the brain, with a colour bar. Where a segmenter ran
+(``cwdm qc --segmenter``), a panel carries the outline of a segmentation: on the synthesis, that of the
+case completed with it; on the truth, that of the real complete case; the BraTS regions in three colours
+(:data:`OUTLINE_COLOURS`), so a reader sees what the synthesis does to the tumour.
 
 The volumes are turned to the RAS+ orientation of their affine first, and shown in the neurological
 convention (patient's right on the right of the picture, anterior and superior up), with the letters on
@@ -26,6 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..atomic import write_atomic
+from ..segmentation.labels import region_mask
 
 #: Each panel is drawn this many inches a side; the picture's resolution.
 _PANEL_INCHES = 1.9
@@ -38,6 +42,10 @@ _PLANES = (
 )
 
 
+#: Region -> outline colour (whole tumour, tumour core, enhancing tumour), drawn in this order.
+OUTLINE_COLOURS = {"wt": "#3c3", "tc": "#f44", "et": "#fd0"}
+
+
 @dataclass(frozen=True)
 class Panel:
     """One column of a preview.
@@ -47,11 +55,14 @@ class Panel:
         volume: ``(X, Y, Z)`` on the case's grid; intensities in [0, 1] (the grey scale), or the
             uncertainty map when ``colour`` is set.
         colour: Draw with the uncertainty colour map and its own scale instead of grey 0..1.
+        outline: ``(X, Y, Z)`` canonical tumour labels to outline on the panel (1 NCR, 2 ED, 3 ET,
+            4 RC; :mod:`cwdm.segmentation.labels`), or None.
     """
 
     label: str
     volume: np.ndarray
     colour: bool = False
+    outline: np.ndarray | None = None
 
 
 def centre_of(mask: np.ndarray) -> tuple[int, int, int]:
@@ -100,6 +111,7 @@ def render_preview(
         ``path``.
     """
     oriented = [_to_ras(panel.volume, affine) for panel in panels]
+    outlines = [None if panel.outline is None else _to_ras(panel.outline, affine) for panel in panels]
     mask = _to_ras(centre_mask, affine)
     # Crop every panel to the head (the non-zero voxels of the intensity volumes, plus a margin): a
     # skull-stripped brain fills only part of the BraTS grid.
@@ -109,6 +121,7 @@ def render_preview(
             head |= volume > 0
     box = _bounding_box(head | mask, margin=4)
     oriented = [volume[box] for volume in oriented]
+    outlines = [None if labels is None else labels[box] for labels in outlines]
     centre = centre_of(mask[box])
     figure = Figure(
         figsize=(_PANEL_INCHES * len(panels), _PANEL_INCHES * len(_PLANES) + 0.5), facecolor="black"
@@ -131,6 +144,8 @@ def render_preview(
                 vmax=vmax,
                 interpolation="nearest",
             )
+            if outlines[column] is not None:
+                _draw_outline(ax, np.take(outlines[column], centre[axis], axis=axis))
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_facecolor("black")
@@ -147,7 +162,19 @@ def render_preview(
             if panel.colour and row == len(_PLANES) - 1:
                 bar = figure.colorbar(image, ax=axes[:, column].tolist(), fraction=0.05, pad=0.02)
                 bar.ax.tick_params(labelsize=6, colors="white")
+    if any(labels is not None for labels in outlines):
+        title += "  |  tumour outlines: " + ", ".join(r.upper() for r in OUTLINE_COLOURS)
+        for offset, (region, colour) in enumerate(OUTLINE_COLOURS.items()):
+            figure.text(0.03 + 0.045 * offset, 0.005, region.upper(), color=colour, fontsize=7, weight="bold")
     figure.suptitle(title, color="white", fontsize=8)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, facecolor="black")
     return write_atomic(Path(path), buffer.getvalue())
+
+
+def _draw_outline(ax, labels: np.ndarray) -> None:
+    """Contour each BraTS region of the 2-D label slice ``labels`` on ``ax`` (nothing for an absent one)."""
+    for region, colour in OUTLINE_COLOURS.items():
+        inside = region_mask(labels, region)
+        if inside.any() and not inside.all():
+            ax.contour(np.rot90(inside.astype(np.float32)), levels=[0.5], colors=colour, linewidths=0.7)

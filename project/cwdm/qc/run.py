@@ -6,6 +6,11 @@ present sequences (the condition of their target) and, where ``DATA`` holds the 
 complete case, as in a pseudo-validation set up from complete cases), next to the truth. A case with
 no prediction is listed as ``missing``; a prediction with no case, or one that cannot be read, as
 ``failed`` with the reason. Nothing in ``PRED`` or ``DATA`` is written.
+
+With a segmenter (``cwdm qc --segmenter``), each preview outlines the tumour as the segmenter sees it in
+the case completed with the prediction, and, for a complete case, in the real case; the card gives the
+Dice of the completed case's segmentation against the real case's (how much the synthesis changes the
+segmentation) and against the case's ``-seg`` ground truth where it has one.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from ..cases.discovery import Case, discover_cases
 from ..cases.preprocessing import normalise
 from ..cases.reader import read_case_file, read_segmentation, read_sequences
 from ..errors import CaseError, CwdmError
-from ..sequences import MRISequence, condition_order
+from ..segmentation.case import CompleteCase, Segmenter
+from ..segmentation.labels import (
+    RegionDice,
+    convention_mapping,
+    detect_convention,
+    region_dice,
+    to_canonical,
+)
+from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from .previews import Panel, render_preview
 from .sheet import SHEET_NAME, SheetEntry, write_sheet
 
@@ -29,7 +42,12 @@ _PREDICTION_NAME = re.compile(r"^(?P<case>.+)-(?P<seq>t1n|t1c|t2w|t2f)\.nii(?:\.
 
 
 def qc_folder(
-    pred_dir: Path, data_dir: Path, qc_dir: Path, *, on_case: Callable[[SheetEntry], None] | None = None
+    pred_dir: Path,
+    data_dir: Path,
+    qc_dir: Path,
+    *,
+    on_case: Callable[[SheetEntry], None] | None = None,
+    segmenter: Segmenter | None = None,
 ) -> list[SheetEntry]:
     """Draw a preview of every prediction of ``pred_dir`` into ``qc_dir`` and write its contact sheet.
 
@@ -38,6 +56,7 @@ def qc_folder(
         data_dir: The case folders the predictions were made from (or complete ones).
         qc_dir: Receives ``<case>-<seq>.png`` and ``index.html``; created if needed.
         on_case: Called with each entry as soon as it is known.
+        segmenter: Outline the tumour it finds in the completed (and the real) case on the previews.
 
     Returns:
         The sheet's entries, in case order, then predictions that match no case.
@@ -70,7 +89,7 @@ def qc_folder(
             target = case.missing[0] if case.expects_synthesis else None
             add(SheetEntry(case.case_id, None if target is None else str(target), "missing"))
         for target, path in found:
-            add(_preview_entry(case, target, path, qc_dir))
+            add(_preview_entry(case, target, path, qc_dir, segmenter))
     for case_id, found in predictions.items():
         for target, path in found:
             add(
@@ -87,7 +106,9 @@ def qc_folder(
     return entries
 
 
-def _preview_entry(case: Case, target: MRISequence, path: Path, qc_dir: Path) -> SheetEntry:
+def _preview_entry(
+    case: Case, target: MRISequence, path: Path, qc_dir: Path, segmenter: Segmenter | None
+) -> SheetEntry:
     try:
         order = [seq for seq in condition_order(target) if seq in case.files]
         if len(order) != 3:
@@ -100,11 +121,28 @@ def _preview_entry(case: Case, target: MRISequence, path: Path, qc_dir: Path) ->
                 f"the prediction's grid {prediction.shape} differs from the case's {inputs[0].shape}",
                 path,
             )
-        panels = [Panel(str(seq), normalise(volume.data)) for seq, volume in zip(order, inputs, strict=True)]
-        panels.append(Panel(f"{target} (prediction)", normalise(prediction.data)))
-        if target in case.files:
-            panels.append(Panel(f"{target} (truth)", normalise(read_sequences(case, [target])[0].data)))
         seg = read_segmentation(case)
+        completed_labels = real_labels = None
+        scores: list[tuple[str, str]] = []
+        if segmenter is not None:
+            files = {seq: case.files[seq] for seq in order} | {target: path}
+            completed_labels = segmenter.segment(CompleteCase(case.case_id, files, str(target)))
+            if target in case.files:
+                real = CompleteCase(case.case_id, {seq: case.files[seq] for seq in CANONICAL_ORDER})
+                real_labels = segmenter.segment(real)
+                agreement = region_dice(completed_labels, real_labels)
+                scores.append(("Dice vs real case's seg.", _dice_text(agreement)))
+            if seg is not None:
+                truth = to_canonical(seg, convention_mapping(detect_convention(seg)), f"{case.case_id}-seg")
+                scores.append(("Dice vs ground truth", _dice_text(region_dice(completed_labels, truth))))
+                if real_labels is not None:
+                    ceiling = region_dice(real_labels, truth)
+                    scores.append(("real case vs truth", _dice_text(ceiling)))
+        panels = [Panel(str(seq), normalise(volume.data)) for seq, volume in zip(order, inputs, strict=True)]
+        panels.append(Panel(f"{target} (prediction)", normalise(prediction.data), outline=completed_labels))
+        if target in case.files:
+            truth_volume = normalise(read_sequences(case, [target])[0].data)
+            panels.append(Panel(f"{target} (truth)", truth_volume, outline=real_labels))
         centre = seg > 0 if seg is not None and (seg > 0).any() else panels[0].volume > 0
         name = f"{case.case_id}-{target}.png"
         render_preview(
@@ -117,4 +155,8 @@ def _preview_entry(case: Case, target: MRISequence, path: Path, qc_dir: Path) ->
     except (CaseError, OSError, ValueError) as exc:
         log.error("%s: no preview: %s", case.case_id, exc)
         return SheetEntry(case.case_id, str(target), "failed", error=str(exc))
-    return SheetEntry(case.case_id, str(target), "present", preview=name)
+    return SheetEntry(case.case_id, str(target), "present", preview=name, scores=tuple(scores))
+
+
+def _dice_text(scores: RegionDice) -> str:
+    return f"WT {scores.wt:.3f} · TC {scores.tc:.3f} · ET {scores.et:.3f}"

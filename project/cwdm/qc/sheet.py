@@ -45,6 +45,7 @@ class SheetEntry:
         uncertainty: Mean standard deviation of the draws inside the brain, when there are draws.
         error: Why the case failed (or was ignored).
         notes: Warnings about a case that was written all the same.
+        scores: ``(name, value)`` rows of scores to show (the Dice of ``cwdm qc --segmenter``).
     """
 
     case_id: str
@@ -55,6 +56,7 @@ class SheetEntry:
     uncertainty: float | None = None
     error: str | None = None
     notes: tuple[str, ...] = ()
+    scores: tuple[tuple[str, str], ...] = ()
 
 
 def write_sheet(path: Path, entries: Sequence[SheetEntry], title: str, meta: str = "") -> Path:
@@ -87,6 +89,7 @@ def _card(entry: SheetEntry) -> str:
         rows.append(("time", f"{entry.elapsed_s:.1f} s"))
     if entry.uncertainty is not None and math.isfinite(entry.uncertainty):
         rows.append(("uncertainty", f"{entry.uncertainty:.4f} (mean sd in the brain)"))
+    rows += [(html.escape(name), html.escape(value)) for name, value in entry.scores]
     parts.append("<table>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
     if entry.error:
         parts.append(f'<div class="error">{html.escape(entry.error)}</div>')
