@@ -345,7 +345,15 @@ def test_report_json_goes_outside_the_output_folder(tmp_path: Path) -> None:
     path = write_report(report, tmp_path / "reports" / "run.json")
     record = json.loads(path.read_text())
     assert record["exit_code"] == 0
-    assert record["counts"] == {"written": 1, "skipped": 0, "failed": 0, "ignored": 1, "interrupted": 0}
+    assert record["counts"] == {
+        "written": 1,
+        "skipped": 0,
+        "mismatched": 0,
+        "claimed": 0,
+        "failed": 0,
+        "ignored": 1,
+        "interrupted": 0,
+    }
     assert record["settings"] == {
         "sampling_steps": 3,
         "sampler": "ddpm",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,17 +94,18 @@ def probe_writable(folder: Path) -> None:
         Path(tmp_name).unlink(missing_ok=True)
 
 
-def remove_partial_files(folder: Path) -> list[Path]:
+def remove_partial_files(folder: Path, keep: Callable[[str], bool] | None = None) -> list[Path]:
     """Delete the temporary files that an interrupted write left in ``folder``.
 
-    Only hidden files named ``.cwdm-*.part`` are touched: nothing else in the folder is ours to delete.
+    Only hidden files named ``.cwdm-*.part`` are touched: nothing else in the folder is ours to delete;
+    of those, the ones whose name ``keep`` accepts are left (another live process's writes).
 
     Returns:
         The files removed.
     """
     removed = []
     for path in sorted(Path(folder).glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}")):
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and not (keep is not None and keep(path.name)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -73,7 +73,15 @@ def test_real_cases_end_to_end_and_resume(real_data: Path, tmp_path: Path) -> No
             assert int(output.header["qform_code"]) == int(reference.header["qform_code"])
             assert output.header.get_zooms() == reference.header.get_zooms()
     record = json.loads(report.read_text())
-    assert record["counts"] == {"written": 4, "skipped": 0, "failed": 0, "ignored": 0, "interrupted": 0}
+    assert record["counts"] == {
+        "written": 4,
+        "skipped": 0,
+        "mismatched": 0,
+        "claimed": 0,
+        "failed": 0,
+        "ignored": 0,
+        "interrupted": 0,
+    }
     assert "4 written, 0 skipped, 0 failed, 0 ignored" in first.stdout
     assert tree_checksums(real_data) == before
 
@@ -86,7 +94,15 @@ def test_real_cases_end_to_end_and_resume(real_data: Path, tmp_path: Path) -> No
     second = _infer(real_data, out, "--weights", weights, "--report", report)
     assert second.returncode == 0, second.stderr
     record = json.loads(report.read_text())
-    assert record["counts"] == {"written": 1, "skipped": 3, "failed": 0, "ignored": 0, "interrupted": 0}
+    assert record["counts"] == {
+        "written": 1,
+        "skipped": 3,
+        "mismatched": 0,
+        "claimed": 0,
+        "failed": 0,
+        "ignored": 0,
+        "interrupted": 0,
+    }
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{c}-{t}.nii.gz" for c, t in CASES.items())
     assert {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n in kept if (p := out / n)} == kept
     assert tree_checksums(real_data) == before

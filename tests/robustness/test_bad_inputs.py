@@ -19,6 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cwdm.inference.provenance import read_record
+
 from ..conftest import AFFINE
 from .conftest import (
     BAD,
@@ -33,6 +35,7 @@ from .conftest import (
     nifti_bytes,
     run_infer,
     snapshot,
+    without_provenance,
     write_good_case,
     write_nifti,
 )
@@ -468,8 +471,23 @@ def test_same_values_stored_another_way_give_the_same_bytes(
     others = [c for c in GOOD if c != case_id]
     assert_good_cases_identical(run, clean_outputs, others)
     name_out = f"{case_id}-t1n.nii.gz"
-    assert (run.out / name_out).read_bytes() == clean_outputs[name_out]  # values, header, all
+    # Values and header, all but the provenance record, which names the input files and their SHA-256
+    # (stored another way, they are other files): the rest of the record is the same.
+    written, clean = (run.out / name_out).read_bytes(), clean_outputs[name_out]
+    assert without_provenance(written) == without_provenance(clean)
+    made, expected = read_record(run.out / name_out), _record_of(clean, tmp_path)
+    assert made is not None and expected is not None
+    assert [s["sha256"] for s in made["sources"]] != [s["sha256"] for s in expected["sources"]]
+    assert {k: v for k, v in made.items() if k != "sources"} == {
+        k: v for k, v in expected.items() if k != "sources"
+    }
     assert run.names() == good_names()
+
+
+def _record_of(content: bytes, tmp_path: Path) -> dict | None:
+    path = tmp_path / "clean-copy.nii.gz"
+    path.write_bytes(content)
+    return read_record(path)
 
 
 def test_4d_volume_with_one_time_point_is_a_3d_volume(

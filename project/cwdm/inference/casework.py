@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from ..cases.discovery import Case
@@ -121,6 +122,8 @@ def write_prediction(
     postprocess: PostprocessName,
     checkpoint: Path | None = None,
     qc_dir: Path | None = None,
+    *,
+    header: nib.Nifti1Header | None = None,
 ) -> CaseResult:
     """Post-process the sampled volumes of one case, put their mean on the input grid, write it atomically.
 
@@ -137,6 +140,8 @@ def write_prediction(
         postprocess: The post-processing variant.
         checkpoint: The model's file, named in the error about non-finite values.
         qc_dir: The quality-control folder, if any.
+        header: The output's header (default: the reference's; the synthesizer passes one stamped with
+            the provenance, :func:`cwdm.inference.provenance.stamp`).
 
     Raises:
         CaseError: a sampled volume has NaN or infinite values, or the output file cannot be written
@@ -156,7 +161,7 @@ def write_prediction(
     spread = None if len(draws) == 1 else np.std(draws, axis=0, ddof=1, dtype=np.float64).astype(np.float32)
     result = item.layout.to_grid(mean)
     try:
-        write_volume_atomic(result, item.reference.header, item.output)
+        write_volume_atomic(result, item.reference.header if header is None else header, item.output)
     except OSError as exc:
         raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
     uncertainty = None

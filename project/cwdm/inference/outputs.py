@@ -6,10 +6,10 @@ only when it is a complete volume on its case's grid (so a rerun resumes).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from ..atomic import probe_writable, remove_partial_files
+from ..atomic import PARTIAL_PREFIX, probe_writable, remove_partial_files
 from ..cases.discovery import Case
 from ..cases.volumes import VolumeError, read_volume, same_grid
 from ..errors import ConfigError, CwdmError
@@ -48,8 +48,11 @@ def check_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
             )
 
 
-def prepare_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
+def prepare_output_folder(out_dir: Path, cases: Sequence[Case], in_use: Collection[str] = ()) -> None:
     """Check ``out_dir`` against the inputs, create it, clear partial files and probe that it is writable.
+
+    ``in_use`` names outputs that a live process has claimed (:mod:`cwdm.inference.claims`): their
+    partial files are another process's writes in progress, and are left alone.
 
     Raises:
         ConfigError: ``out_dir`` overlaps the inputs (:func:`check_output_folder`).
@@ -61,7 +64,7 @@ def prepare_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CwdmError(f"cannot create the output folder {out_dir} ({exc})") from exc
-    for path in remove_partial_files(out_dir):
+    for path in remove_partial_files(out_dir, keep=lambda name: _partial_of(name) in in_use):
         log.warning("removed %s, left by an interrupted run", path.name)
     try:
         probe_writable(out_dir)
@@ -69,6 +72,11 @@ def prepare_output_folder(out_dir: Path, cases: Sequence[Case]) -> None:
         raise CwdmError(
             f"the output folder {out_dir} is not writable ({exc.strerror or exc}); nothing was run"
         ) from exc
+
+
+def _partial_of(name: str) -> str:
+    """The output a partial file ``.cwdm-<output>.<random>.part`` belongs to."""
+    return name[len(PARTIAL_PREFIX) :].rsplit(".", 2)[0]
 
 
 def prepare_qc_folder(qc_dir: Path, out_dir: Path, cases: Sequence[Case]) -> None:

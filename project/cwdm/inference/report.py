@@ -19,12 +19,23 @@ from ..runtime import Runtime
 from ..sequences import MRISequence
 from ..version import __version__
 from .outputs import is_inside
+from .split import WorkPart
 
 log = logging.getLogger(__name__)
 
-CaseStatus = Literal["written", "skipped", "failed", "ignored", "interrupted"]
+CaseStatus = Literal["written", "skipped", "mismatched", "claimed", "failed", "ignored", "interrupted"]
 #: Every status, in the order reports list them.
-CASE_STATUSES: tuple[CaseStatus, ...] = ("written", "skipped", "failed", "ignored", "interrupted")
+CASE_STATUSES: tuple[CaseStatus, ...] = (
+    "written",
+    "skipped",
+    "mismatched",
+    "claimed",
+    "failed",
+    "ignored",
+    "interrupted",
+)
+#: Statuses shown in the one-line counts only when some case has them.
+_SHOWN_WHEN_PRESENT = ("mismatched", "claimed", "interrupted")
 #: Called after each case with its result.
 CaseCallback = Callable[["CaseResult"], None]
 
@@ -36,8 +47,11 @@ class CaseResult:
     Attributes:
         case_id: The case folder name.
         status: ``written`` (output synthesised now), ``skipped`` (a complete output was already
-            there), ``failed`` (the case needed an output and did not get one), ``ignored`` (not a
-            case with exactly one missing sequence, e.g. a complete training case) or
+            there, made with this run's settings, or with no record of them), ``mismatched`` (a
+            complete output is there, but its header records other settings: it was kept, not
+            replaced; ``--overwrite`` redoes it), ``claimed`` (another live process holds the case's
+            claim and writes it; :mod:`cwdm.inference.claims`), ``failed`` (the case needed an output
+            and did not get one), ``ignored`` (not a case with exactly one missing sequence, e.g. a complete training case) or
             ``interrupted`` (the run was stopped by a signal before the case was finished; a rerun
             does it).
         target: The synthesised sequence, when known.
@@ -48,6 +62,10 @@ class CaseResult:
         warnings: Remarks on a case that was written all the same (e.g. a constant input volume).
         uncertainty: With several draws (``samples``), the mean of their voxel-wise standard deviation
             inside the brain.
+        writer: The process that wrote the output (``host:pid``), or holds the claim (``claimed``).
+        provenance: How the output was made: the record written into its header now, or read from it
+            (skipped and mismatched cases; :mod:`cwdm.inference.provenance`).
+        mismatch: For ``mismatched`` cases, each setting that differs (output's value, run's value).
     """
 
     case_id: str
@@ -59,6 +77,9 @@ class CaseResult:
     error_type: str | None = None
     warnings: tuple[str, ...] = ()
     uncertainty: float | None = None
+    writer: str | None = None
+    provenance: Mapping[str, Any] | None = None
+    mismatch: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -87,6 +108,9 @@ class CaseResult:
             "error_type": self.error_type,
             "warnings": list(self.warnings),
             "uncertainty_mean_in_brain": self.uncertainty,
+            "writer": self.writer,
+            "settings_mismatch": list(self.mismatch),
+            "provenance": None if self.provenance is None else dict(self.provenance),
         }
 
 
@@ -104,6 +128,10 @@ class RunReport:
         started_at: UTC start time, ISO 8601.
         elapsed_s: Wall time of the run.
         interrupted_by: The number of the signal that stopped the run early, if one did.
+        part: The part of a split run this report covers (:mod:`cwdm.inference.split`), if split.
+        cases_total: With ``part``: the cases in the whole folder (this part has ``len(cases)``).
+        process: This process (``host:pid``), as claims and ``writer`` name it.
+        taken_over: Claims this run took over from dead processes: ``output name -> old holder``.
     """
 
     cases: tuple[CaseResult, ...]
@@ -115,13 +143,18 @@ class RunReport:
     started_at: str = ""
     elapsed_s: float = 0.0
     interrupted_by: int | None = None
+    part: WorkPart | None = None
+    cases_total: int | None = None
+    process: str | None = None
+    taken_over: Mapping[str, str] = field(default_factory=dict)
 
     def count(self, status: CaseStatus) -> int:
         return sum(result.status == status for result in self.cases)
 
     def counts_text(self) -> str:
-        """``3 written, 0 skipped, 1 failed, 0 ignored`` (plus ``, 2 interrupted`` when there are any)."""
-        shown = [s for s in CASE_STATUSES if s != "interrupted" or self.count(s)]
+        """``3 written, 0 skipped, 1 failed, 0 ignored`` (plus ``, 2 interrupted``, ``, 1 mismatched``,
+        ``, 1 claimed`` when there are any)."""
+        shown = [s for s in CASE_STATUSES if s not in _SHOWN_WHEN_PRESENT or self.count(s)]
         return ", ".join(f"{self.count(status)} {status}" for status in shown)
 
     @property
@@ -136,6 +169,8 @@ class RunReport:
         if self.interrupted_by is not None:
             return 128 + self.interrupted_by
         expected = self.expected
+        if not self.cases and self.part is not None and self.cases_total:
+            return 0  # a part with no case of its own, in a folder that has cases: nothing to do
         return 0 if expected and all(result.ok for result in expected) else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +197,9 @@ class RunReport:
             },
             "models": {str(seq): str(path) for seq, path in self.models.items()},
             "unavailable_models": {str(seq): reason for seq, reason in self.unavailable.items()},
+            "part": None if self.part is None else self.part.to_record() | {"cases_total": self.cases_total},
+            "process": self.process,
+            "claims_taken_over": dict(self.taken_over),
             "counts": {status: self.count(status) for status in CASE_STATUSES},
             "cases": [result.to_record() for result in self.cases],
         }

@@ -28,6 +28,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,9 @@ from ..method.wavelets import build_condition, decode
 from ..runtime import Runtime, resolve_runtime, sample_generator, worker_devices
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.folder import WeightsDir
-from . import workers
+from . import provenance, workers
 from .casework import PreparedCase, prepare_case, write_prediction
+from .claims import ClaimSet
 from .fastpath import FastDenoiser, FastPathOptions, prepare_denoiser
 from .outputs import output_complete, prepare_output_folder, prepare_qc_folder
 from .report import CaseCallback, CaseResult, CaseStatus, RunReport
@@ -106,6 +108,8 @@ class Synthesizer:
         )
         self.worker_factory = worker_factory
         self._fast: dict[nn.Module, FastDenoiser] = {}
+        self._digests = provenance.DigestCache()
+        self._settings_record = provenance.run_settings(settings, runtime.precision)
         #: Set after a batch ran out of device memory: the batch size known to be worth trying.
         self._batch_limit: int | None = None
         #: Image-space sizes must divide by this (the wavelet halves them, the U-Net then needs its multiple).
@@ -189,8 +193,14 @@ class Synthesizer:
         qc_dir: Path | None = None,
         on_case: CaseCallback | None = None,
         on_step: BatchStepCallback | None = None,
+        overwrite: bool = False,
+        claims: ClaimSet | None = None,
     ) -> RunReport:
         """Synthesise the missing sequence of every case into ``out_dir``.
+
+        Each case is claimed before it is sampled (:mod:`cwdm.inference.claims`), so that processes
+        sharing ``out_dir`` never do one case twice; a finished output whose header records other
+        settings than this run's is kept and reported ``mismatched`` (replaced with ``overwrite``).
 
         Args:
             cases: From :func:`cwdm.cases.discovery.discover_cases`.
@@ -200,6 +210,8 @@ class Synthesizer:
                 folder (:func:`cwdm.inference.outputs.prepare_qc_folder`).
             on_case: Called with each case's :class:`CaseResult` as soon as it is known.
             on_step: Called after every sampling step, see :data:`BatchStepCallback`.
+            overwrite: Resample the cases whose finished output was made with other settings.
+            claims: The claim set to use (tests: its heartbeat and staleness); default: a new one.
 
         Returns:
             The :class:`RunReport`, cases in the given order.
@@ -213,13 +225,37 @@ class Synthesizer:
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         start = time.perf_counter()
         out_dir = Path(out_dir)
-        prepare_output_folder(out_dir, cases)
+        with claims or ClaimSet() as held:
+            return self._run_claimed(
+                cases, out_dir, held, started_at, start, qc_dir, on_case, on_step, overwrite
+            )
+
+    def _run_claimed(
+        self,
+        cases: Sequence[Case],
+        out_dir: Path,
+        claims: ClaimSet,
+        started_at: str,
+        start: float,
+        qc_dir: Path | None,
+        on_case: CaseCallback | None,
+        on_step: BatchStepCallback | None,
+        overwrite: bool,
+    ) -> RunReport:
+        """:meth:`run`, with the claims of this process held in ``claims``."""
+        in_use = {path.name for path in claims.live_claims(out_dir)} if out_dir.is_dir() else set()
+        prepare_output_folder(out_dir, cases, in_use=in_use)
         if qc_dir is not None:
             prepare_qc_folder(qc_dir, out_dir, cases)
 
         results: dict[str, CaseResult] = {}
+        claimed: dict[str, Path] = {}
 
         def record(result: CaseResult) -> None:
+            if result.case_id in claimed:
+                claims.release(claimed.pop(result.case_id))
+            if result.status == "written":
+                result = replace(result, writer=claims.me.label)
             results[result.case_id] = result
             _log_result(result)
             if on_case is not None:
@@ -240,12 +276,17 @@ class Synthesizer:
                 started_at=started_at,
                 elapsed_s=time.perf_counter() - start,
                 interrupted_by=interrupted_by,
+                process=claims.me.label,
+                taken_over={
+                    output.name: holder.label if holder else "an unreadable claim"
+                    for output, holder in claims.taken_over
+                },
             )
 
         try:
             pending: dict[MRISequence, list[Case]] = {seq: [] for seq in CANONICAL_ORDER}
             for case in cases:
-                target = self._triage(case, out_dir, record)
+                target = self._triage(case, out_dir, record, claims, claimed, overwrite)
                 if target is not None:
                     pending[target].append(case)
             batches: list[tuple[MRISequence, list[Case]]] = []
@@ -274,8 +315,17 @@ class Synthesizer:
             raise stop from exc
         return report()
 
-    def _triage(self, case: Case, out_dir: Path, record: CaseCallback) -> MRISequence | None:
-        """The case's target if it still needs sampling; otherwise record why not and return None."""
+    def _triage(
+        self,
+        case: Case,
+        out_dir: Path,
+        record: CaseCallback,
+        claims: ClaimSet,
+        claimed: dict[str, Path],
+        overwrite: bool,
+    ) -> MRISequence | None:
+        """The case's target if it still needs sampling (and is now claimed by this process); otherwise
+        record why not and return None."""
         try:
             target = case.target()
         except CaseError as exc:
@@ -283,10 +333,25 @@ class Synthesizer:
             record(CaseResult(case.case_id, status, error=exc.detail, error_type=type(exc).__name__))
             return None
         output = out_dir / case.output_name(target)
-        if output_complete(output, case.files[condition_order(target)[0]]):
-            record(CaseResult(case.case_id, "skipped", target, output))
+        reference = case.files[condition_order(target)[0]]
+        if output_complete(output, reference):
+            verdict = self._judge_existing(case, target, output, overwrite)
+            if verdict is not None:
+                record(verdict)
+                return None
+        other = claims.claim(output)
+        if other is not None:
+            holder = other.holder.label if other.holder is not None else None
+            message = f"{other.detail}; that process writes it (a rerun after it ends skips or redoes it)"
+            record(CaseResult(case.case_id, "claimed", target, output, error=message, writer=holder))
             return None
-        if output.exists() or output.is_symlink():
+        claimed[case.case_id] = output
+        if output_complete(output, reference):  # finished by another process since the first look
+            verdict = self._judge_existing(case, target, output, overwrite)
+            if verdict is not None:
+                record(verdict)
+                return None
+        elif output.exists() or output.is_symlink():
             log.warning(
                 "%s: %s exists but is incomplete, not a regular file or not on the case's grid; "
                 "replacing it (a symbolic link is replaced, never written through)",
@@ -294,6 +359,33 @@ class Synthesizer:
                 output,
             )
         return target
+
+    def _judge_existing(
+        self, case: Case, target: MRISequence, output: Path, overwrite: bool
+    ) -> CaseResult | None:
+        """The result of a case whose output is complete: ``skipped`` when its recorded settings are this
+        run's (or it has no record), ``mismatched`` when they differ; ``None`` to redo it (``overwrite``)."""
+        recorded = provenance.read_record(output)
+        checkpoint = self.checkpoints.get(target)
+        model_sha = self._digests(checkpoint) if checkpoint is not None else None
+        mismatch = provenance.settings_mismatch(recorded, self._settings_record, model_sha)
+        if not mismatch:
+            return CaseResult(case.case_id, "skipped", target, output, provenance=recorded)
+        if overwrite:
+            log.warning(
+                "%s: %s was made with other settings (%s); replacing it",
+                case.case_id,
+                output.name,
+                "; ".join(mismatch),
+            )
+            return None
+        message = (
+            f"{output.name} was made with other settings ({'; '.join(mismatch)}); kept, not replaced: "
+            "rerun with --overwrite to resample it with this run's settings"
+        )
+        return CaseResult(
+            case.case_id, "mismatched", target, output, error=message, provenance=recorded, mismatch=mismatch
+        )
 
     def _fail_unavailable(self, target: MRISequence, cases: Sequence[Case], record: CaseCallback) -> None:
         """Fail the cases of a target that has no model, naming them all in one log line."""
@@ -487,9 +579,17 @@ class Synthesizer:
         results: list[CaseResult] = []
         with self._isolate([item.case], item.target, results.append):
             checkpoint = self.checkpoints.get(item.target)
-            results.append(
-                write_prediction(item, volumes, elapsed_s, self.settings.postprocess, checkpoint, qc_dir)
+            try:
+                record = provenance.case_record(
+                    item.case, item.target, self._settings_record, checkpoint, self._digests
+                )
+            except OSError as exc:
+                raise CaseError(item.case.case_id, f"cannot hash an input for provenance ({exc})") from exc
+            header = provenance.stamp(item.reference.header, record)
+            result = write_prediction(
+                item, volumes, elapsed_s, self.settings.postprocess, checkpoint, qc_dir, header=header
             )
+            results.append(replace(result, provenance=record))
         return results
 
     def _network(self, denoiser: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
