@@ -48,6 +48,7 @@ from cwdm.config import load_run_parameters
 from cwdm.errors import CheckpointError, CwdmError, Interrupted
 from cwdm.inference.report import RunReport, check_report_path
 from cwdm.inference.run import run_folder
+from cwdm.inference.split import resolve_part
 from cwdm.inference.synthesizer import Synthesizer
 from cwdm.runtime import configure_process
 from cwdm.signals import stop_on_signals
@@ -218,9 +219,21 @@ def infer(
             "--qc_path", help=f"QC folder (previews, index.html); never output_path. Default ${QC_DIR_ENV}."
         ),
     ] = None,
+    num_parts: Annotated[
+        int | None, typer.Option("--num_parts", help="Split the cases into this many parts; run one.")
+    ] = None,
+    part_id: Annotated[
+        int | None,
+        typer.Option(
+            "--part_id", help="This part, 0-based (default: SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX)."
+        ),
+    ] = None,
 ) -> None:
     """Synthesise the missing sequence of every case: <case>-<missing seq>.nii.gz in output_path."""
-    raise typer.Exit(run(Path(data_path), Path(output_path), weights, parameters_file, report_path, qc_path))
+    code = run(
+        Path(data_path), Path(output_path), weights, parameters_file, report_path, qc_path, num_parts, part_id
+    )
+    raise typer.Exit(code)
 
 
 def run(
@@ -230,11 +243,20 @@ def run(
     parameters_file: str | None = None,
     report_path: str | None = None,
     qc_path: str | None = None,
+    num_parts: int | None = None,
+    part_id: int | None = None,
 ) -> int:
     """The inference of every way the image is called; returns the exit status."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report_dir = Path(os.environ.get(REPORT_DIR_ENV) or tempfile.gettempdir())
-    report_file = Path(report_path) if report_path else report_dir / f"cwdm-{stamp}-report.json"
+    try:
+        part = resolve_part(num_parts, part_id, os.environ)
+    except CwdmError as exc:
+        _setup_logging(None)
+        log.error("%s", exc)
+        return 2
+    suffix = "" if part is None else f"-{part.suffix}"
+    report_file = Path(report_path) if report_path else report_dir / f"cwdm-{stamp}-report{suffix}.json"
     qc = qc_path or os.environ.get(QC_DIR_ENV)
     try:
         check_report_path(report_file, out_dir)
@@ -258,6 +280,7 @@ def run(
                 qc_dir=Path(qc) if qc else None,
                 on_ready=_log_ready,
                 on_step=_log_steps,  # the pipeline logs each case
+                part=part,
             )
     except CwdmError as exc:
         log.error("%s", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -85,12 +86,29 @@ def infer(
         Path | None,
         typer.Option(help="QC folder, outside OUT: a preview per case, index.html, uncertainty maps."),
     ] = None,
+    num_parts: Annotated[
+        int | None,
+        typer.Option(
+            help="Split DATA into this many parts and run one (Slurm arrays, Kubernetes indexed Jobs)."
+        ),
+    ] = None,
+    part_id: Annotated[
+        int | None,
+        typer.Option(
+            help="This process's part, 0-based (default: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Resample finished outputs whose header records other settings than this run's."),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Synthesise the missing sequence of every case in DATA into OUT (a rerun skips finished cases)."""
     from .config import load_run_parameters, override_run_parameters
     from .errors import Interrupted
     from .inference.run import run_folder
+    from .inference.split import resolve_part
     from .runtime import configure_process
     from .signals import stop_on_signals
 
@@ -102,17 +120,21 @@ def infer(
     try:
         with stop_on_signals(), progress:  # SIGINT/SIGTERM: stop cleanly, then report what was done
             params = override_run_parameters(load_run_parameters(parameters), options)
+            part = resolve_part(num_parts, part_id, os.environ)
             configure_process(cudnn_benchmark=params.fast_path)
+            suffix = "" if part is None else f"-{part.suffix}"
             run = run_folder(
                 data,
                 out,
                 weights,
                 params,
-                report or out.with_name(f"{out.name}-report.json"),
+                report or out.with_name(f"{out.name}-report{suffix}.json"),
                 qc_dir=qc,
                 on_ready=progress.start,
                 on_case=progress.case_done,
                 on_step=progress.step,
+                part=part,
+                overwrite=overwrite,
             )
     except CwdmError as exc:
         raise _fail(exc) from exc
@@ -633,6 +655,43 @@ def weights_fetch(
         raise _fail(exc) from exc
     typer.echo("\n".join(report.lines()))
     raise typer.Exit(0 if report.ok else 1)
+
+
+report_app = typer.Typer(help="Combine the run reports of a split run.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("merge")
+def report_merge(
+    reports: Annotated[list[Path], typer.Argument(help="The report of every part (cwdm infer --num-parts).")],
+    out: Annotated[Path | None, typer.Option(help="Write the merged report (JSON) here.")] = None,
+) -> None:
+    """One report and one exit status for a split run: missing or unfinished parts, every case's outcome."""
+    import json
+
+    from .atomic import write_atomic
+    from .inference.merge import merge_reports
+
+    try:
+        merged = merge_reports(reports)
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    if out is not None:
+        write_atomic(out, json.dumps(merged.to_dict(), indent=2) + "\n")
+    parts = "" if merged.num_parts is None else f" from {merged.num_parts} part(s)"
+    typer.echo(f"{len(merged.cases)} cases{parts}: {merged.counts_text()}")
+    if merged.missing_parts:
+        typer.echo(f"missing parts (no report): {', '.join(map(str, merged.missing_parts))}")
+    for index, why in merged.unfinished_parts.items():
+        typer.echo(f"part {index} unfinished: {why}")
+    for case_id, writers in merged.written_twice.items():
+        typer.echo(f"{case_id} written by {len(writers)} processes: {', '.join(writers)}")
+    for problem in merged.problems:
+        typer.echo(problem)
+    for case in merged.cases:
+        if case["status"] not in ("written", "skipped", "ignored"):
+            typer.echo(f"{case['case_id']} {case['status']}: {case.get('error') or ''}")
+    raise typer.Exit(merged.exit_code)
 
 
 segmenter_app = typer.Typer(help="Train the reference tumour segmenter.", no_args_is_help=True)

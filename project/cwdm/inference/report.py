@@ -51,7 +51,8 @@ class CaseResult:
             complete output is there, but its header records other settings: it was kept, not
             replaced; ``--overwrite`` redoes it), ``claimed`` (another live process holds the case's
             claim and writes it; :mod:`cwdm.inference.claims`), ``failed`` (the case needed an output
-            and did not get one), ``ignored`` (not a case with exactly one missing sequence, e.g. a complete training case) or
+            and did not get one), ``ignored`` (not a case with exactly one missing sequence,
+            e.g. a complete training case) or
             ``interrupted`` (the run was stopped by a signal before the case was finished; a rerun
             does it).
         target: The synthesised sequence, when known.

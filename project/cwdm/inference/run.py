@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +19,9 @@ from ..config import RunParameters
 from ..errors import CwdmError, Interrupted
 from ..qc.sheet import SHEET_NAME, SheetEntry, write_sheet
 from .casework import preview_name
+from .outputs import check_output_folder
 from .report import CaseCallback, RunReport, check_report_path, write_report
+from .split import SPLIT_RULE, WorkPart
 from .synthesizer import BatchStepCallback, Synthesizer
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ def run_folder(
     on_ready: ReadyCallback | None = None,
     on_case: CaseCallback | None = None,
     on_step: BatchStepCallback | None = None,
+    part: WorkPart | None = None,
+    overwrite: bool = False,
 ) -> FolderRun:
     """Synthesise the missing sequence of every case of ``data_dir`` into ``out_dir``; save the report.
 
@@ -65,6 +70,10 @@ def run_folder(
         on_ready: See :data:`ReadyCallback` (progress bars, a log line of the settings).
         on_case: Called with each case's result as soon as it is known.
         on_step: Called after every sampling step of a batch.
+        part: Run only this part of a split folder (:mod:`cwdm.inference.split`); the report records
+            it, and ``cwdm report merge`` combines the parts' reports.
+        overwrite: Resample the cases whose finished output records other settings than this run's
+            (otherwise they are kept and reported ``mismatched``).
 
     Returns:
         The report and where it was saved. A run stopped by a signal (SIGINT/SIGTERM under
@@ -79,15 +88,23 @@ def run_folder(
     """
     check_report_path(report_path, out_dir)
     cases = discover_cases(data_dir)
+    if part is not None:
+        check_output_folder(out_dir, cases)  # against every case, also those of the other parts
+        total, cases = len(cases), part.select(cases)
+        log.info("%s: %d of the %d cases (%s)", part.label, len(cases), total, SPLIT_RULE)
     synth = Synthesizer.from_weights(weights_dir, params, needed_targets(cases))
     if on_ready is not None:
         on_ready(synth, cases)
     try:
-        report = synth.run(cases, out_dir, qc_dir=qc_dir, on_case=on_case, on_step=on_step)
+        report = synth.run(
+            cases, out_dir, qc_dir=qc_dir, on_case=on_case, on_step=on_step, overwrite=overwrite
+        )
     except Interrupted as exc:
         if exc.report is None:
             raise
         report = exc.report  # type: ignore[assignment]
+    if part is not None:
+        report = replace(report, part=part, cases_total=total)
     if qc_dir is not None:
         _save_sheet(report, Path(qc_dir))
     return FolderRun(report, _save_report(report, report_path))

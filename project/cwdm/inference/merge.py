@@ -1,0 +1,173 @@
+"""One report and one exit status for a run split into parts (``cwdm report merge``).
+
+Each part of a split run (:mod:`cwdm.inference.split`) writes its own JSON report. :func:`merge_reports`
+reads them back and says, for the whole run: which parts are missing (no report) or unfinished (stopped
+by a signal, or with cases another process still held), each case's outcome, the counts, and an exit
+status that is 0 only when every part reported, none is unfinished and every case has its output.
+Reports of processes that were not split (several runs on one folder) merge too: each case keeps its
+best outcome, and a case written by two processes is listed under ``written_twice``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .report import CASE_STATUSES
+
+#: When reports disagree on a case, the outcome that stands (earlier wins).
+_PRECEDENCE = ("written", "skipped", "mismatched", "failed", "interrupted", "claimed", "ignored")
+_OK = ("written", "skipped")
+
+
+@dataclass(frozen=True)
+class MergedReport:
+    """The whole run, from its parts' reports.
+
+    Attributes:
+        sources: The report files merged.
+        num_parts: How many parts the run was split into (``None``: the reports are not of a split run).
+        missing_parts: Part indices (0-based) with no report.
+        unfinished_parts: Part indices whose report says the part did not finish, with why.
+        cases: One record per case (from the report where its outcome stands), sorted by case id.
+        written_twice: Cases that more than one process wrote.
+        problems: Other inconsistencies (parts that saw different numbers of cases, ...).
+    """
+
+    sources: tuple[Path, ...]
+    num_parts: int | None
+    missing_parts: tuple[int, ...] = ()
+    unfinished_parts: dict[int, str] = field(default_factory=dict)
+    cases: tuple[dict[str, Any], ...] = ()
+    written_twice: dict[str, list[str]] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    def count(self, status: str) -> int:
+        return sum(case["status"] == status for case in self.cases)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every part reported and finished and every case that needs an output has it; else 1."""
+        if self.missing_parts or self.unfinished_parts or self.problems:
+            return 1
+        expected = [case for case in self.cases if case["status"] != "ignored"]
+        return 0 if expected and all(case["status"] in _OK for case in expected) else 1
+
+    def counts_text(self) -> str:
+        return ", ".join(f"{self.count(s)} {s}" for s in CASE_STATUSES if self.count(s) or s in _OK)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "merged_from": [str(path) for path in self.sources],
+            "exit_code": self.exit_code,
+            "num_parts": self.num_parts,
+            "missing_parts": list(self.missing_parts),
+            "unfinished_parts": {str(k): v for k, v in self.unfinished_parts.items()},
+            "written_twice": self.written_twice,
+            "problems": list(self.problems),
+            "counts": {status: self.count(status) for status in CASE_STATUSES},
+            "cases": list(self.cases),
+        }
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A run report's JSON.
+
+    Raises:
+        ConfigError: the file cannot be read, is not JSON, or is not a ``cwdm infer`` report.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the report {path} ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not JSON ({exc}); is it a cwdm infer report?") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("cases"), list):
+        raise ConfigError(f"{path} is not a cwdm infer run report (no 'cases' list)")
+    return record
+
+
+def merge_reports(paths: Sequence[Path]) -> MergedReport:
+    """Merge the reports of the parts of one run (see the module).
+
+    Raises:
+        ConfigError: no report given, an unreadable report, or reports of splits into different numbers
+            of parts (not one run).
+    """
+    if not paths:
+        raise ConfigError("no report to merge: give the report of every part")
+    reports = [(Path(path), load_report(Path(path))) for path in paths]
+    counts = {report["part"]["count"] for _, report in reports if report.get("part")}
+    if len(counts) > 1:
+        raise ConfigError(
+            f"the reports are of splits into different numbers of parts ({sorted(counts)}): "
+            "merge the reports of one run"
+        )
+    num_parts = counts.pop() if counts else None
+    present: set[int] = set()
+    unfinished: dict[int, str] = {}
+    problems: list[str] = []
+    totals = {report["part"].get("cases_total") for _, report in reports if report.get("part")}
+    if len(totals) > 1:
+        problems.append(
+            f"the parts saw different numbers of cases ({sorted(t for t in totals if t is not None)}): "
+            "cases were added or removed while the run went on; rerun the parts that saw fewer"
+        )
+    best: dict[str, dict[str, Any]] = {}
+    writers: dict[str, list[str]] = {}
+    for path, report in reports:
+        for case in report["cases"]:
+            case_id = case["case_id"]
+            if case["status"] == "written":
+                writers.setdefault(case_id, []).append(case.get("writer") or str(path))
+            if case_id not in best or _rank(case) < _rank(best[case_id]):
+                best[case_id] = case
+    for path, report in reports:
+        part = report.get("part")
+        if part is None:
+            continue
+        index = int(part["index"])
+        present.add(index)
+        why = _unfinished(report, best)
+        if why:
+            unfinished[index] = f"{why} ({path})"
+    missing = tuple(i for i in range(num_parts) if i not in present) if num_parts else ()
+    return MergedReport(
+        sources=tuple(path for path, _ in reports),
+        num_parts=num_parts,
+        missing_parts=missing,
+        unfinished_parts=dict(sorted(unfinished.items())),
+        cases=tuple(best[case_id] for case_id in sorted(best)),
+        written_twice={case_id: names for case_id, names in sorted(writers.items()) if len(names) > 1},
+        problems=tuple(problems),
+    )
+
+
+def _rank(case: dict[str, Any]) -> int:
+    status = case["status"]
+    return _PRECEDENCE.index(status) if status in _PRECEDENCE else len(_PRECEDENCE)
+
+
+def _unfinished(report: dict[str, Any], best: dict[str, dict[str, Any]]) -> str:
+    """Why a part's report shows it unfinished, or "": stopped by a signal, or with cases left to
+    another process that no other report shows finished."""
+    pending = [
+        c["case_id"]
+        for c in report["cases"]
+        if c["status"] in ("interrupted", "claimed") and best[c["case_id"]]["status"] not in _OK
+    ]
+    if report.get("interrupted_by") and (pending or not report["cases"]):
+        return f"stopped by {report['interrupted_by']}"
+    if pending:
+        return f"{len(pending)} case(s) not finished by this part: {', '.join(_first(pending))}"
+    return ""
+
+
+def _first(items: Iterable[str], limit: int = 5) -> list[str]:
+    items = list(items)
+    return items[:limit] + ([f"... {len(items) - limit} more"] if len(items) > limit else [])
