@@ -239,8 +239,6 @@ class ClaimSet:
     def _stale_reason(self, holder: Holder | None, age_s: float | None) -> str | None:
         """Why a claim is stale, or ``None`` when its holder may be alive."""
         if holder is not None and holder.host == self.me.host and holder.boot_id == self.me.boot_id:
-            if holder.pid == self.me.pid and holder.token != self.me.token:
-                return f"process {holder.pid} is this one, with a claim of an earlier life"
             start = _process_start(holder.pid)
             if not start and not _alive(holder.pid):
                 return f"process {holder.pid} on this host has ended"
