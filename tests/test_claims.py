@@ -65,7 +65,9 @@ def test_another_hosts_claim_is_judged_by_its_heartbeat(tmp_path: Path) -> None:
     _plant(old, elsewhere, age_s=1000)
     with ClaimSet(stale_after_s=300) as claims:
         other = claims.claim(fresh)
-        assert other is not None and "node-17:4242" in other.detail  # can't check the pid: trust the heartbeat
+        assert (
+            other is not None and "node-17:4242" in other.detail
+        )  # can't check the pid: trust the heartbeat
         assert claims.claim(old) is None
         assert [holder for _, holder in claims.taken_over] == [elsewhere]
         assert sorted(p.name for p in claims.live_claims(tmp_path)) == ["a-t2f.nii.gz", "b-t2f.nii.gz"]
