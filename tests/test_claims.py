@@ -1,4 +1,4 @@
-"""inference/claims.py: one claim per output, released on finish, stale claims of dead processes taken over."""
+"""inference/claims.py: one claim per output, released on finish, dead holders taken over."""
 
 from __future__ import annotations
 
