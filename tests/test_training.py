@@ -587,3 +587,28 @@ def test_unknown_targets_and_bad_lists_are_refused(train_dir, tmp_path):
         options = [o if o != "t1c" else target for o in TINY_OPTIONS]
         result = CliRunner().invoke(app, ["train", str(train_dir), str(tmp_path / "r"), *options])
         assert result.exit_code != 0 and words in result.output, result.output
+
+
+def test_torchrun_with_two_cpu_processes_trains_one_model_with_gloo(train_dir, tmp_path):
+    """DDP as on several GPUs or nodes, here two CPU ranks (gloo): one run folder, one set of weights,
+    identical on both ranks (rank 0 writes), the log written once."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    script = [str(Path(sys.executable).with_name("cwdm"))]  # as the README's $(which cwdm)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*torchrun, *script, "train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = list(csv.DictReader((out / "train_log.csv").open()))
+    assert [int(row["step"]) for row in rows] == [1, 2]  # rank 0 alone writes the log
+    weights = WeightsDir.open(out / "weights")
+    load_denoiser(weights.checkpoint(MRISequence.T1C), weights.spec.denoiser_config())
