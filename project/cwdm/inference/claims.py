@@ -268,7 +268,9 @@ class ClaimSet:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            for path in list(self._held.values()):
+            with self._lock:
+                paths = list(self._held.values())
+            for path in paths:
                 try:
                     os.utime(path)
                 except OSError as exc:
