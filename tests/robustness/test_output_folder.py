@@ -186,7 +186,8 @@ def test_a_really_full_disk_leaves_only_complete_outputs(
     data: Path, tmp_path: Path, weights: Path, clean_outputs: dict[str, bytes]
 ) -> None:
     first = OUT_OF["BraTS-MEN-00102-000"]  # t1n: the first target sampled
-    size_kib = len(clean_outputs[first]) // 1024 + 12  # room for the first output only
+    # Room for the first output only, plus a 4 KiB tmpfs block for each case's claim file while held.
+    size_kib = len(clean_outputs[first]) // 1024 + 12 + 4 * len(GOOD)
     with _tmpfs(tmp_path / "small", f"size={size_kib}k") as out:
         run = run_infer(data, out, weights)
         assert run.code == 1
