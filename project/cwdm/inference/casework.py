@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..cases.discovery import Case
 from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, PostprocessName, normalise
-from ..cases.reader import read_segmentation, read_sequences
+from ..cases.reader import check_same_grid, read_case_file, read_segmentation
 from ..cases.volumes import Volume, write_volume_atomic
 from ..errors import CaseError
 from ..qc.previews import Panel, render_preview
@@ -30,6 +31,9 @@ from ..sequences import MRISequence, condition_order
 from .report import CaseResult
 
 log = logging.getLogger(__name__)
+
+#: The stages of a case, in the order they happen (:attr:`cwdm.inference.report.CaseResult.stages_s`).
+STAGES = ("read", "preprocess", "network", "postprocess", "write")
 
 
 @dataclass
@@ -45,6 +49,8 @@ class PreparedCase:
         output: The output file.
         elapsed_s: Time spent reading and preprocessing.
         warnings: Remarks that go into the case's result (constant input volumes).
+        stages_s: Seconds each stage took so far (``read``, ``preprocess``; summed over the sequences,
+            which may overlap); sampling and writing add ``network``, ``postprocess`` and ``write``.
     """
 
     case: Case
@@ -55,12 +61,22 @@ class PreparedCase:
     output: Path
     elapsed_s: float = 0.0
     warnings: tuple[str, ...] = ()
+    stages_s: dict[str, float] = field(default_factory=dict)
 
 
 def prepare_case(
-    case: Case, target: MRISequence, out_dir: Path, multiple: int, postprocess: PostprocessName
+    case: Case,
+    target: MRISequence,
+    out_dir: Path,
+    multiple: int,
+    postprocess: PostprocessName,
+    pool: Executor | None = None,
 ) -> PreparedCase:
     """Read, check and preprocess the three present sequences of ``case``.
+
+    Each sequence is read and preprocessed as one task; with ``pool`` the three run concurrently (the
+    gzip inflate, the partition and the scaling release the GIL). An error is the one the sequential
+    order would raise first.
 
     Args:
         case: The case.
@@ -68,6 +84,7 @@ def prepare_case(
         out_dir: The output folder.
         multiple: Image-space sizes the network accepts must divide by this.
         postprocess: The run's post-processing (named in a warning about a blank brain mask).
+        pool: Threads for the sequences' tasks; ``None`` runs them one after the other.
 
     Raises:
         VolumeReadError: a present sequence cannot be read.
@@ -75,19 +92,40 @@ def prepare_case(
     """
     start = time.perf_counter()
     order = condition_order(target)
-    volumes = read_sequences(case, order)
+    if pool is None:
+        done = [_read_and_normalise(case, seq) for seq in order]
+    else:
+        futures = [pool.submit(_read_and_normalise, case, seq) for seq in order]
+        done = [future.result() for future in futures]
+    volumes = [volume for volume, _, _ in done]
+    check_same_grid(case, order, volumes)
     layout = NetworkLayout.for_shape(volumes[0].shape, multiple)
-    normalised = [normalise(volume.data) for volume in volumes]
+    normalised = [values for _, values, _ in done]
+    cond = np.stack([layout.to_network(values) for values in normalised])
+    elapsed_s = time.perf_counter() - start
     return PreparedCase(
         case=case,
         target=target,
-        cond=np.stack([layout.to_network(values) for values in normalised]),
+        cond=cond,
         layout=layout,
         reference=volumes[0],
         output=Path(out_dir) / case.output_name(target),
-        elapsed_s=time.perf_counter() - start,
+        elapsed_s=elapsed_s,
         warnings=_blank_inputs(case, order, volumes, normalised, postprocess),
+        stages_s={
+            "read": sum(stages["read"] for _, _, stages in done),
+            "preprocess": sum(stages["preprocess"] for _, _, stages in done),
+        },
     )
+
+
+def _read_and_normalise(case: Case, seq: MRISequence) -> tuple[Volume, np.ndarray, dict[str, float]]:
+    """One sequence's task: its volume, its preprocessed values, and the time each took."""
+    start = time.perf_counter()
+    volume = read_case_file(case.case_id, case.files[seq], f"{seq} volume")
+    read_s = time.perf_counter() - start
+    values = normalise(volume.data)
+    return volume, values, {"read": read_s, "preprocess": time.perf_counter() - start - read_s}
 
 
 def _blank_inputs(
@@ -121,6 +159,7 @@ def write_prediction(
     postprocess: PostprocessName,
     checkpoint: Path | None = None,
     qc_dir: Path | None = None,
+    network_s: float | None = None,
 ) -> CaseResult:
     """Post-process the sampled volumes of one case, put their mean on the input grid, write it atomically.
 
@@ -137,6 +176,7 @@ def write_prediction(
         postprocess: The post-processing variant.
         checkpoint: The model's file, named in the error about non-finite values.
         qc_dir: The quality-control folder, if any.
+        network_s: The case's share of its batches' sampling time, for :attr:`CaseResult.stages_s`.
 
     Raises:
         CaseError: a sampled volume has NaN or infinite values, or the output file cannot be written
@@ -151,14 +191,20 @@ def write_prediction(
             "voxels; nothing was written (check the checkpoint, or use precision fp32)",
             checkpoint,
         )
+    del finite
     draws = [POSTPROCESSES[postprocess](volume, item.cond[0]) for volume in volumes]
     mean = draws[0] if len(draws) == 1 else np.mean(draws, axis=0, dtype=np.float64).astype(np.float32)
     spread = None if len(draws) == 1 else np.std(draws, axis=0, ddof=1, dtype=np.float64).astype(np.float32)
     result = item.layout.to_grid(mean)
+    written = time.perf_counter()
     try:
         write_volume_atomic(result, item.reference.header, item.output)
     except OSError as exc:
         raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
+    stages = {**item.stages_s, "postprocess": written - start, "write": time.perf_counter() - written}
+    if network_s is not None:
+        stages = {"read": 0.0, "preprocess": 0.0, **stages, "network": network_s}
+        stages = {key: stages[key] for key in STAGES if key in stages}
     uncertainty = None
     warnings = item.warnings
     if spread is not None:
@@ -175,6 +221,7 @@ def write_prediction(
         elapsed_s,
         warnings=warnings,
         uncertainty=uncertainty,
+        stages_s=stages,
     )
 
 

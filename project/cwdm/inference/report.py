@@ -48,6 +48,10 @@ class CaseResult:
         warnings: Remarks on a case that was written all the same (e.g. a constant input volume).
         uncertainty: With several draws (``samples``), the mean of their voxel-wise standard deviation
             inside the brain.
+        stages_s: For a written case, the seconds each stage took: ``read`` and ``preprocess`` (summed
+            over the three sequences, which are read concurrently), ``network`` (the case's share of its
+            batch), ``postprocess`` and ``write``. Stages of different cases overlap when the run reads
+            and writes in the background, so they may add up to more than ``elapsed_s``.
     """
 
     case_id: str
@@ -59,6 +63,12 @@ class CaseResult:
     error_type: str | None = None
     warnings: tuple[str, ...] = ()
     uncertainty: float | None = None
+    stages_s: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def slowest_stage(self) -> str | None:
+        """The stage of :attr:`stages_s` that took longest, or None without stage times."""
+        return max(self.stages_s, key=self.stages_s.__getitem__) if self.stages_s else None
 
     @property
     def ok(self) -> bool:
@@ -87,6 +97,8 @@ class CaseResult:
             "error_type": self.error_type,
             "warnings": list(self.warnings),
             "uncertainty_mean_in_brain": self.uncertainty,
+            "stages_s": {stage: round(seconds, 3) for stage, seconds in self.stages_s.items()} or None,
+            "slowest_stage": self.slowest_stage,
         }
 
 
