@@ -23,7 +23,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..atomic import write_atomic
 
@@ -99,6 +98,8 @@ def render_preview(
     Returns:
         ``path``.
     """
+    from matplotlib.figure import Figure  # here, not at the top: matplotlib loads only when QC draws
+
     oriented = [_to_ras(panel.volume, affine) for panel in panels]
     mask = _to_ras(centre_mask, affine)
     # Crop every panel to the head (the non-zero voxels of the intensity volumes, plus a margin): a
