@@ -91,7 +91,7 @@ def io_floor(case_dir: Path, reps: int) -> dict:
         "compress_output": compress,
         "uncompressed_output_bytes": len(payload),
         "floor_s": floor,
-        "floor_definition": "decompress 3 inputs + exact percentiles of 3 volumes + zlib level 1 of one output",
+        "floor_definition": "decompress 3 inputs + exact percentiles of 3 volumes + zlib-1 of one output",
     }
 
 
