@@ -39,6 +39,7 @@ R = TypeVar("R")  # a result record
 B = TypeVar("B")  # a batch description
 P = TypeVar("P")  # a prepared batch
 
+
 def default_prepare_workers() -> int:
     """One thread per core this process may use, at most three (the present sequences of a case)."""
     try:
