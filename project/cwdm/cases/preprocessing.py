@@ -43,7 +43,9 @@ def clip_percentiles(data: np.ndarray) -> tuple[float, float]:
     Returns:
         ``(low, high)`` as Python floats.
     """
-    values = np.array(data, dtype=np.float64, copy=True).reshape(-1)
+    # One copy in the input's own memory order (nibabel gives Fortran order): a C-order reshape of it
+    # would transpose the volume, which costs more than the selection.
+    values = np.array(data, dtype=np.float64, order="K", copy=True).ravel(order="K")
     count = values.size
     virtual = [(count - 1) * q for q in CLIP_QUANTILES]
     below = [min(int(np.floor(v)), count - 1) for v in virtual]

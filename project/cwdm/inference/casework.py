@@ -93,15 +93,14 @@ def prepare_case(
     start = time.perf_counter()
     order = condition_order(target)
     if pool is None:
-        done = [_read_and_normalise(case, seq) for seq in order]
+        done = [_read_and_normalise(case, seq, multiple) for seq in order]
     else:
-        futures = [pool.submit(_read_and_normalise, case, seq) for seq in order]
+        futures = [pool.submit(_read_and_normalise, case, seq, multiple) for seq in order]
         done = [future.result() for future in futures]
-    volumes = [volume for volume, _, _ in done]
+    volumes = [task.volume for task in done]
     check_same_grid(case, order, volumes)
     layout = NetworkLayout.for_shape(volumes[0].shape, multiple)
-    normalised = [values for _, values, _ in done]
-    cond = np.stack([layout.to_network(values) for values in normalised])
+    cond = np.stack([task.network for task in done])
     elapsed_s = time.perf_counter() - start
     return PreparedCase(
         case=case,
@@ -111,35 +110,55 @@ def prepare_case(
         reference=volumes[0],
         output=Path(out_dir) / case.output_name(target),
         elapsed_s=elapsed_s,
-        warnings=_blank_inputs(case, order, volumes, normalised, postprocess),
+        warnings=_blank_inputs(case, order, volumes, [task.blank for task in done], postprocess),
         stages_s={
-            "read": sum(stages["read"] for _, _, stages in done),
-            "preprocess": sum(stages["preprocess"] for _, _, stages in done),
+            "read": sum(task.stages_s["read"] for task in done),
+            "preprocess": sum(task.stages_s["preprocess"] for task in done),
         },
     )
 
 
-def _read_and_normalise(case: Case, seq: MRISequence) -> tuple[Volume, np.ndarray, dict[str, float]]:
-    """One sequence's task: its volume, its preprocessed values, and the time each took."""
+@dataclass
+class _SequenceTask:
+    """One sequence of a case, read and preprocessed: its volume, its values in network layout
+    (C order), whether they are all zeros, and the time each step took."""
+
+    volume: Volume
+    network: np.ndarray
+    blank: bool
+    stages_s: dict[str, float]
+
+
+def _read_and_normalise(case: Case, seq: MRISequence, multiple: int) -> _SequenceTask:
+    """Read one sequence, preprocess it and lay it out for the network (on a pool thread)."""
     start = time.perf_counter()
     volume = read_case_file(case.case_id, case.files[seq], f"{seq} volume")
     read_s = time.perf_counter() - start
     values = normalise(volume.data)
-    return volume, values, {"read": read_s, "preprocess": time.perf_counter() - start - read_s}
+    # nibabel reads in Fortran order; the network wants C order: transposed here, on the pool thread,
+    # in float32 (a grid that differs from the first sequence's fails the grid check before use).
+    layout = NetworkLayout.for_shape(volume.shape, multiple)
+    network = np.ascontiguousarray(layout.to_network(values))
+    return _SequenceTask(
+        volume,
+        network,
+        not values.any(),
+        {"read": read_s, "preprocess": time.perf_counter() - start - read_s},
+    )
 
 
 def _blank_inputs(
     case: Case,
     order: Sequence[MRISequence],
     volumes: Sequence[Volume],
-    normalised: Sequence[np.ndarray],
+    blank: Sequence[bool],
     postprocess: PostprocessName,
 ) -> tuple[str, ...]:
     """Warnings for present sequences that are all zeros after preprocessing (constant volumes: nothing
     to scale, so no division by zero either); the case is still synthesised."""
     notes = []
-    for index, (seq, volume, values) in enumerate(zip(order, volumes, normalised, strict=True)):
-        if values.any():
+    for index, (seq, volume, is_blank) in enumerate(zip(order, volumes, blank, strict=True)):
+        if not is_blank:
             continue
         note = (
             f"the {seq} volume {volume.path.name} is constant between its 0.1 and 99.9 percentiles: "
