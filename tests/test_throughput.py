@@ -206,8 +206,9 @@ def test_background_io_writes_the_same_files_and_reports_in_the_same_order(tmp_p
     sequential, seq_order = _run(data, tmp_path / "seq", SEQUENTIAL, models, batch_size=2)
     threaded, thr_order = _run(data, tmp_path / "thr", THREADED, models, batch_size=2)
     assert thr_order == seq_order and len(seq_order) == 9
-    assert [r.to_record() | {"elapsed_s": 0, "output": None} for r in threaded.cases] == [
-        r.to_record() | {"elapsed_s": 0, "output": None} for r in sequential.cases
+    timings = {"elapsed_s": 0, "output": None, "stages_s": None, "slowest_stage": None}
+    assert [r.to_record() | timings for r in threaded.cases] == [
+        r.to_record() | timings for r in sequential.cases
     ]
     assert (threaded.count("written"), threaded.count("failed"), threaded.count("ignored")) == (7, 1, 1)
     names = sorted(p.name for p in (tmp_path / "seq").iterdir())
@@ -239,8 +240,10 @@ def test_reads_and_writes_happen_on_the_background_threads(
     assert report.exit_code == 0
     assert threads["write"] and all(name.startswith("cwdm-writer") for name in threads["write"])
     main = threading.current_thread().name
-    # the skip check of finished outputs reads on the main thread; case inputs on the prefetch thread
-    assert "cwdm-prefetch" in threads["read"] and threads["read"] <= {"cwdm-prefetch", main}
+    # the skip check of finished outputs reads on the main thread; case inputs on the prefetch thread's
+    # pool of sequence readers (or the prefetch thread itself with one worker)
+    case_reads = threads["read"] - {main}
+    assert case_reads and all(name.startswith(("cwdm-prefetch", "cwdm-read")) for name in case_reads)
 
 
 class _WaitFor(CopyCondition):
@@ -446,3 +449,50 @@ def test_cases_of_a_dead_worker_fail_and_the_run_still_reports(tmp_path: Path) -
         f"BraTS-GLI-0000{n}-000" for n in (1, 2, 3)
     ]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_sequences_of_a_case_are_read_concurrently_with_several_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    data = tmp_path / "data"
+    write_case(data, "BraTS-GLI-00001-000", missing="t2f", seed=1)
+    inside: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(3, timeout=WAIT_S)  # three readers meet only if they run together
+    original = reader.read_volume
+
+    def read(path: Path):  # type: ignore[no-untyped-def]
+        with lock:
+            inside.append(threading.get_ident())
+        if workers > 1:
+            barrier.wait()
+        return original(path)
+
+    monkeypatch.setattr(reader, "read_volume", read)
+    flow = Throughput(prepare_workers=workers)
+    report, _ = _run(data, tmp_path / "out", flow, {MRISequence.T2F: CopyCondition()})
+    assert report.exit_code == 0
+    assert len(set(inside)) == (3 if workers > 1 else 1)
+
+
+def test_stage_times_are_reported_and_the_log_names_the_slowest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    write_case(data, "BraTS-GLI-00001-000", missing="t2f", seed=1)
+    original = casework.write_volume_atomic
+
+    def slow_write(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(casework, "write_volume_atomic", slow_write)
+    with caplog.at_level(logging.INFO, logger="cwdm"):
+        report, _ = _run(data, tmp_path / "out", SEQUENTIAL, {MRISequence.T2F: CopyCondition()})
+    record = report.to_dict()["cases"][0]
+    assert list(record["stages_s"]) == ["read", "preprocess", "network", "postprocess", "write"]
+    assert record["stages_s"]["write"] >= 0.3 and record["slowest_stage"] == "write"
+    assert all(seconds >= 0 for seconds in record["stages_s"].values())
+    assert sum(record["stages_s"].values()) <= record["elapsed_s"] + 0.01  # sequential: no overlap
+    assert "slowest stage: write" in caplog.text

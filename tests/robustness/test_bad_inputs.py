@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cwdm.cases import volumes
 from cwdm.inference.provenance import read_record
 
 from ..conftest import AFFINE
@@ -238,7 +239,15 @@ def unreadable_file(data: Path, mp: pytest.MonkeyPatch) -> None:
             raise PermissionError(13, "Permission denied", str(filename))
         return original(filename, **kwargs)
 
+    original_read_bytes = volumes.read_bytes
+
+    def read_bytes(filename: Path) -> bytes:  # the reader inflates .nii.gz itself (cwdm.cases.gzip_codec)
+        if Path(filename) == path:
+            raise PermissionError(13, "Permission denied", str(filename))
+        return original_read_bytes(filename)
+
     mp.setattr(nib, "load", load)
+    mp.setattr(volumes, "read_bytes", read_bytes)
 
 
 # (maker, status, error type, words in the error: the first is looked for on stderr, file: named file)

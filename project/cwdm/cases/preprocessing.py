@@ -27,8 +27,45 @@ THRESHOLD = 0.04
 PostprocessName = Literal["brain_mask", "threshold"]
 
 
+def clip_percentiles(data: np.ndarray) -> tuple[float, float]:
+    """The 0.1 and 99.9 percentiles of ``data``, exactly as ``np.quantile(data, CLIP_QUANTILES)`` gives
+    them for float64 data (its default ``linear`` method), by selection instead of a full quantile.
+
+    ``np.quantile`` copies the array, partitions it around the two neighbours of each virtual index
+    ``(n - 1) * q`` and interpolates between them; here the same four order statistics come from one
+    in-place partition of a single copy, and the interpolation is numpy's own formula (``_lerp``:
+    ``a + (b - a) * g``, or ``b - (b - a) * (1 - g)`` when ``g >= 0.5``) in float64, so the values are
+    bit for bit those of ``np.quantile`` (tests/test_preprocessing.py checks it on the shipped volumes).
+
+    Args:
+        data: Voxel values, any shape, at least one voxel; float64 for bit-identity with ``np.quantile``.
+
+    Returns:
+        ``(low, high)`` as Python floats.
+    """
+    # One copy in the input's own memory order (nibabel gives Fortran order): a C-order reshape of it
+    # would transpose the volume, which costs more than the selection.
+    values = np.array(data, dtype=np.float64, order="K", copy=True).ravel(order="K")
+    count = values.size
+    virtual = [(count - 1) * q for q in CLIP_QUANTILES]
+    below = [min(int(np.floor(v)), count - 1) for v in virtual]
+    above = [min(b + 1, count - 1) for b in below]
+    values.partition(sorted(set(below + above)))
+    result = []
+    for v, b, a in zip(virtual, below, above, strict=True):
+        low, high, gamma = values[b], values[a], v - b
+        diff = high - low
+        result.append(float(high - diff * (1 - gamma) if gamma >= 0.5 else low + diff * gamma))
+    return result[0], result[1]
+
+
 def normalise(data: np.ndarray) -> np.ndarray:
     """Clip to the 0.1/99.9 percentiles and min-max scale to [0, 1], as in training.
+
+    The percentiles come from :func:`clip_percentiles`; the clip, shift and division run in float64 in
+    one buffer (the clipped volume's minimum and maximum are the two percentiles themselves, so they
+    need no pass of their own), and the result is rounded to float32 once: the values of the published
+    float64 path, without its copies.
 
     Args:
         data: Voxel values of one volume, any shape, float64 recommended (the published precision).
@@ -36,6 +73,19 @@ def normalise(data: np.ndarray) -> np.ndarray:
     Returns:
         float32 array in [0, 1]; a constant volume (nothing to scale) gives all zeros.
     """
+    if data.dtype != np.float64:  # other precisions keep numpy's own quantile arithmetic
+        return _normalise_by_quantile(data)
+    low, high = clip_percentiles(data)
+    if not high > low:
+        return np.zeros(data.shape, dtype=np.float32)
+    scaled = np.clip(data, low, high)
+    scaled -= low
+    scaled /= high - low
+    return scaled.astype(np.float32)
+
+
+def _normalise_by_quantile(data: np.ndarray) -> np.ndarray:
+    """The published arithmetic, for inputs that are not float64 (previews of float32 predictions)."""
     low, high = np.quantile(data, CLIP_QUANTILES)
     clipped = np.clip(data, low, high)
     span = clipped.max() - clipped.min()

@@ -45,6 +45,16 @@ def read_sequences(case: Case, sequences: Sequence[MRISequence]) -> list[Volume]
             the message names both files and grids.
     """
     volumes = [read_case_file(case.case_id, case.files[seq], f"{seq} volume") for seq in sequences]
+    check_same_grid(case, sequences, volumes)
+    return volumes
+
+
+def check_same_grid(case: Case, sequences: Sequence[MRISequence], volumes: Sequence[Volume]) -> None:
+    """Check that ``volumes`` (of ``sequences``, in that order) share the first one's grid.
+
+    Raises:
+        GeometryError: as :func:`read_sequences`.
+    """
     first = volumes[0]
     for seq, volume in zip(sequences[1:], volumes[1:], strict=True):
         if not same_grid(first, volume):
@@ -55,7 +65,6 @@ def read_sequences(case: Case, sequences: Sequence[MRISequence]) -> list[Volume]
                 "the sequences of a case must share one grid",
                 volume.path,
             )
-    return volumes
 
 
 def read_segmentation(case: Case) -> np.ndarray | None:

@@ -26,6 +26,8 @@ import nibabel as nib
 import numpy as np
 
 from ..atomic import write_atomic
+from . import gzip_codec
+from .gzip_codec import GzipError
 
 #: Grids of two present sequences count as equal when their affines differ by less than this (mm).
 AFFINE_TOLERANCE_MM = 1e-3
@@ -79,7 +81,7 @@ def read_volume(path: Path) -> Volume:
     path = Path(path)
     _require_regular_file(path)
     try:
-        image = nib.load(path)
+        image = _load_image(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise VolumeError(f"not a NIfTI image ({type(image).__name__})")
         _check_declared(image)
@@ -92,6 +94,7 @@ def read_volume(path: Path) -> Volume:
         ValueError,
         zlib.error,
         gzip.BadGzipFile,
+        GzipError,
         nib.filebasedimages.ImageFileError,
     ) as exc:
         raise VolumeError(f"cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
@@ -111,6 +114,33 @@ def read_volume(path: Path) -> Volume:
     if not isinstance(header, nib.Nifti1Header):
         header = nib.Nifti1Header.from_header(header)
     return Volume(data=data, header=header, path=Path(path))
+
+
+def _load_image(path: Path) -> nib.Nifti1Image:
+    """The image of a ``.nii.gz`` inflated in memory by :mod:`cwdm.cases.gzip_codec` (faster than
+    nibabel's stream through the standard gzip module, and concurrent: it releases the GIL); any other
+    file, or a stream whose first bytes are not a NIfTI-1 or NIfTI-2 header, goes to ``nib.load`` as it is,
+    so that its errors are nibabel's."""
+    if not path.name.endswith(".gz"):
+        return nib.load(path)
+    raw = gzip_codec.decompress(read_bytes(path))
+    kind = _NIFTI_BY_HEADER_SIZE.get(raw[:4])
+    if kind is None:
+        return nib.load(path)
+    return kind.from_bytes(raw)
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes: the one place the reader opens a volume file itself."""
+    return Path(path).read_bytes()
+
+
+#: The first four bytes of a NIfTI header (its size, in either byte order) and the image class it opens.
+_NIFTI_BY_HEADER_SIZE = {
+    size.to_bytes(4, order): kind
+    for size, kind in ((348, nib.Nifti1Image), (540, nib.Nifti2Image))
+    for order in ("little", "big")
+}
 
 
 def _require_regular_file(path: Path) -> None:
@@ -192,8 +222,9 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
     """Write ``data`` as a float32 NIfTI on the reference header's grid, atomically.
 
     The file is written through :func:`cwdm.atomic.replacing`: readers never see a partial file, and a
-    pre-existing symbolic link at ``path`` is replaced, never written through. The gzip header carries no
-    time stamp, so the same data and header give the same bytes.
+    pre-existing symbolic link at ``path`` is replaced, never written through. The gzip stream
+    (:mod:`cwdm.cases.gzip_codec`: isal at level 2, or zlib at level 1) carries no time stamp, so the same
+    data and header give the same bytes.
 
     Raises:
         OSError: the folder is not writable, the disk is full, ...; no temporary file remains.
@@ -202,5 +233,5 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
     image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), None, output_header(reference))
     content = image.to_bytes()
     if path.name.endswith(".gz"):
-        content = gzip.compress(content, compresslevel=6, mtime=0)
+        content = gzip_codec.compress(content)
     return write_atomic(path, content)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..cases.discovery import Case
 from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, PostprocessName, normalise
-from ..cases.reader import read_segmentation, read_sequences
+from ..cases.reader import check_same_grid, read_case_file, read_segmentation
 from ..cases.volumes import Volume, write_volume_atomic
 from ..errors import CaseError
 from ..qc.previews import Panel, render_preview
@@ -31,6 +32,9 @@ from ..sequences import MRISequence, condition_order
 from .report import CaseResult
 
 log = logging.getLogger(__name__)
+
+#: The stages of a case, in the order they happen (:attr:`cwdm.inference.report.CaseResult.stages_s`).
+STAGES = ("read", "preprocess", "network", "postprocess", "write")
 
 
 @dataclass
@@ -46,6 +50,8 @@ class PreparedCase:
         output: The output file.
         elapsed_s: Time spent reading and preprocessing.
         warnings: Remarks that go into the case's result (constant input volumes).
+        stages_s: Seconds each stage took so far (``read``, ``preprocess``; summed over the sequences,
+            which may overlap); sampling and writing add ``network``, ``postprocess`` and ``write``.
     """
 
     case: Case
@@ -56,12 +62,22 @@ class PreparedCase:
     output: Path
     elapsed_s: float = 0.0
     warnings: tuple[str, ...] = ()
+    stages_s: dict[str, float] = field(default_factory=dict)
 
 
 def prepare_case(
-    case: Case, target: MRISequence, out_dir: Path, multiple: int, postprocess: PostprocessName
+    case: Case,
+    target: MRISequence,
+    out_dir: Path,
+    multiple: int,
+    postprocess: PostprocessName,
+    pool: Executor | None = None,
 ) -> PreparedCase:
     """Read, check and preprocess the three present sequences of ``case``.
+
+    Each sequence is read and preprocessed as one task; with ``pool`` the three run concurrently (the
+    gzip inflate, the partition and the scaling release the GIL). An error is the one the sequential
+    order would raise first.
 
     Args:
         case: The case.
@@ -69,6 +85,7 @@ def prepare_case(
         out_dir: The output folder.
         multiple: Image-space sizes the network accepts must divide by this.
         postprocess: The run's post-processing (named in a warning about a blank brain mask).
+        pool: Threads for the sequences' tasks; ``None`` runs them one after the other.
 
     Raises:
         VolumeReadError: a present sequence cannot be read.
@@ -76,18 +93,58 @@ def prepare_case(
     """
     start = time.perf_counter()
     order = condition_order(target)
-    volumes = read_sequences(case, order)
+    if pool is None:
+        done = [_read_and_normalise(case, seq, multiple) for seq in order]
+    else:
+        futures = [pool.submit(_read_and_normalise, case, seq, multiple) for seq in order]
+        done = [future.result() for future in futures]
+    volumes = [task.volume for task in done]
+    check_same_grid(case, order, volumes)
     layout = NetworkLayout.for_shape(volumes[0].shape, multiple)
-    normalised = [normalise(volume.data) for volume in volumes]
+    cond = np.stack([task.network for task in done])
+    elapsed_s = time.perf_counter() - start
     return PreparedCase(
         case=case,
         target=target,
-        cond=np.stack([layout.to_network(values) for values in normalised]),
+        cond=cond,
         layout=layout,
         reference=volumes[0],
         output=Path(out_dir) / case.output_name(target),
-        elapsed_s=time.perf_counter() - start,
-        warnings=_blank_inputs(case, order, volumes, normalised, postprocess),
+        elapsed_s=elapsed_s,
+        warnings=_blank_inputs(case, order, volumes, [task.blank for task in done], postprocess),
+        stages_s={
+            "read": sum(task.stages_s["read"] for task in done),
+            "preprocess": sum(task.stages_s["preprocess"] for task in done),
+        },
+    )
+
+
+@dataclass
+class _SequenceTask:
+    """One sequence of a case, read and preprocessed: its volume, its values in network layout
+    (C order), whether they are all zeros, and the time each step took."""
+
+    volume: Volume
+    network: np.ndarray
+    blank: bool
+    stages_s: dict[str, float]
+
+
+def _read_and_normalise(case: Case, seq: MRISequence, multiple: int) -> _SequenceTask:
+    """Read one sequence, preprocess it and lay it out for the network (on a pool thread)."""
+    start = time.perf_counter()
+    volume = read_case_file(case.case_id, case.files[seq], f"{seq} volume")
+    read_s = time.perf_counter() - start
+    values = normalise(volume.data)
+    # nibabel reads in Fortran order; the network wants C order: transposed here, on the pool thread,
+    # in float32 (a grid that differs from the first sequence's fails the grid check before use).
+    layout = NetworkLayout.for_shape(volume.shape, multiple)
+    network = np.ascontiguousarray(layout.to_network(values))
+    return _SequenceTask(
+        volume,
+        network,
+        not values.any(),
+        {"read": read_s, "preprocess": time.perf_counter() - start - read_s},
     )
 
 
@@ -95,14 +152,14 @@ def _blank_inputs(
     case: Case,
     order: Sequence[MRISequence],
     volumes: Sequence[Volume],
-    normalised: Sequence[np.ndarray],
+    blank: Sequence[bool],
     postprocess: PostprocessName,
 ) -> tuple[str, ...]:
     """Warnings for present sequences that are all zeros after preprocessing (constant volumes: nothing
     to scale, so no division by zero either); the case is still synthesised."""
     notes = []
-    for index, (seq, volume, values) in enumerate(zip(order, volumes, normalised, strict=True)):
-        if values.any():
+    for index, (seq, volume, is_blank) in enumerate(zip(order, volumes, blank, strict=True)):
+        if not is_blank:
             continue
         note = (
             f"the {seq} volume {volume.path.name} is constant between its 0.1 and 99.9 percentiles: "
@@ -122,6 +179,7 @@ def write_prediction(
     postprocess: PostprocessName,
     checkpoint: Path | None = None,
     qc_dir: Path | None = None,
+    network_s: float | None = None,
     *,
     header: nib.Nifti1Header | None = None,
 ) -> CaseResult:
@@ -140,6 +198,7 @@ def write_prediction(
         postprocess: The post-processing variant.
         checkpoint: The model's file, named in the error about non-finite values.
         qc_dir: The quality-control folder, if any.
+        network_s: The case's share of its batches' sampling time, for :attr:`CaseResult.stages_s`.
         header: The output's header (default: the reference's; the synthesizer passes one stamped with
             the provenance, :func:`cwdm.inference.provenance.stamp`).
 
@@ -156,14 +215,20 @@ def write_prediction(
             "voxels; nothing was written (check the checkpoint, or use precision fp32)",
             checkpoint,
         )
+    del finite
     draws = [POSTPROCESSES[postprocess](volume, item.cond[0]) for volume in volumes]
     mean = draws[0] if len(draws) == 1 else np.mean(draws, axis=0, dtype=np.float64).astype(np.float32)
     spread = None if len(draws) == 1 else np.std(draws, axis=0, ddof=1, dtype=np.float64).astype(np.float32)
     result = item.layout.to_grid(mean)
+    written = time.perf_counter()
     try:
         write_volume_atomic(result, item.reference.header if header is None else header, item.output)
     except OSError as exc:
         raise CaseError(item.case.case_id, f"cannot write the output ({exc})", item.output) from exc
+    stages = {**item.stages_s, "postprocess": written - start, "write": time.perf_counter() - written}
+    if network_s is not None:
+        stages = {"read": 0.0, "preprocess": 0.0, **stages, "network": network_s}
+        stages = {key: stages[key] for key in STAGES if key in stages}
     uncertainty = None
     warnings = item.warnings
     if spread is not None:
@@ -180,6 +245,7 @@ def write_prediction(
         elapsed_s,
         warnings=warnings,
         uncertainty=uncertainty,
+        stages_s=stages,
     )
 
 

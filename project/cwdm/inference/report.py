@@ -67,6 +67,10 @@ class CaseResult:
         provenance: How the output was made: the record written into its header now, or read from it
             (skipped and mismatched cases; :mod:`cwdm.inference.provenance`).
         mismatch: For ``mismatched`` cases, each setting that differs (output's value, run's value).
+        stages_s: For a written case, the seconds each stage took: ``read`` and ``preprocess`` (summed
+            over the three sequences, which are read concurrently), ``network`` (the case's share of its
+            batch), ``postprocess`` and ``write``. Stages of different cases overlap when the run reads
+            and writes in the background, so they may add up to more than ``elapsed_s``.
     """
 
     case_id: str
@@ -81,6 +85,12 @@ class CaseResult:
     writer: str | None = None
     provenance: Mapping[str, Any] | None = None
     mismatch: tuple[str, ...] = ()
+    stages_s: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def slowest_stage(self) -> str | None:
+        """The stage of :attr:`stages_s` that took longest, or None without stage times."""
+        return max(self.stages_s, key=self.stages_s.__getitem__) if self.stages_s else None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +122,8 @@ class CaseResult:
             "writer": self.writer,
             "settings_mismatch": list(self.mismatch),
             "provenance": None if self.provenance is None else dict(self.provenance),
+            "stages_s": {stage: round(seconds, 3) for stage, seconds in self.stages_s.items()} or None,
+            "slowest_stage": self.slowest_stage,
         }
 
 

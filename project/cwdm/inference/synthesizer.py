@@ -27,6 +27,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -443,14 +444,17 @@ class Synthesizer:
                 on_step(ids, done, total)
 
         try:
-            with BackgroundWriter(flow.max_pending_writes, flow.background_io) as writer:
+            with (
+                BackgroundWriter(flow.max_pending_writes, flow.background_io) as writer,
+                _sequence_pool(flow.prepare_workers) as pool,
+            ):
 
                 def write(item: PreparedCase, volumes: np.ndarray, elapsed_s: float) -> None:
                     recorder.add_future(writer.submit(self._write_isolated, item, volumes, elapsed_s, qc_dir))
 
                 stream = prefetched(
                     batches,
-                    lambda batch: self._prepare_batch(batch[0], batch[1], out_dir),
+                    lambda batch: self._prepare_batch(batch[0], batch[1], out_dir, pool),
                     flow.prefetch_batches,
                     flow.background_io,
                 )
@@ -464,14 +468,16 @@ class Synthesizer:
             recorder.flush(wait=True)
 
     def _prepare_batch(
-        self, target: MRISequence, cases: Sequence[Case], out_dir: Path
+        self, target: MRISequence, cases: Sequence[Case], out_dir: Path, pool: Executor | None = None
     ) -> tuple[list[PreparedCase], list[CaseResult]]:
         """Prepare each case (on the background thread when there is one); failures are returned."""
         prepared: list[PreparedCase] = []
         failures: list[CaseResult] = []
         for case in cases:
             with self._isolate([case], target, failures.append):
-                prepared.append(prepare_case(case, target, out_dir, self.multiple, self.settings.postprocess))
+                prepared.append(
+                    prepare_case(case, target, out_dir, self.multiple, self.settings.postprocess, pool)
+                )
         return prepared, failures
 
     def _run_batch(
@@ -586,8 +592,16 @@ class Synthesizer:
             except OSError as exc:
                 raise CaseError(item.case.case_id, f"cannot hash an input for provenance ({exc})") from exc
             header = provenance.stamp(item.reference.header, record)
+            network_s = elapsed_s - item.elapsed_s  # the case's share of its batches' sampling
             result = write_prediction(
-                item, volumes, elapsed_s, self.settings.postprocess, checkpoint, qc_dir, header=header
+                item,
+                volumes,
+                elapsed_s,
+                self.settings.postprocess,
+                checkpoint,
+                qc_dir,
+                network_s,
+                header=header,
             )
             results.append(replace(result, provenance=record))
         return results
@@ -650,10 +664,27 @@ class _Draws:
         return np.stack(self.volumes)  # type: ignore[arg-type]
 
 
+@contextmanager
+def _sequence_pool(workers: int) -> Iterator[Executor | None]:
+    """Threads that read and preprocess the sequences of a case concurrently; none for one worker."""
+    if workers <= 1:
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cwdm-read") as pool:
+        yield pool
+
+
 def _log_result(result: CaseResult) -> None:
     target = f" ({result.target})" if result.target else ""
     if result.status == "written":
-        log.info("%s%s: written in %.1f s", result.case_id, target, result.elapsed_s)
+        slowest = result.slowest_stage
+        log.info(
+            "%s%s: written in %.1f s%s",
+            result.case_id,
+            target,
+            result.elapsed_s,
+            "" if slowest is None else f" (slowest stage: {slowest}, {result.stages_s[slowest]:.2f} s)",
+        )
     elif result.status == "skipped":
         log.info("%s%s: skipped, %s is already complete", result.case_id, target, result.output)
     elif result.status == "ignored":

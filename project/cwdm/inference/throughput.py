@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import multiprocessing
+import os
 import queue
 import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -37,6 +38,16 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")  # a result record
 B = TypeVar("B")  # a batch description
 P = TypeVar("P")  # a prepared batch
+
+
+def default_prepare_workers() -> int:
+    """One thread per core this process may use, at most three (the present sequences of a case)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(3, cores))
+
 
 #: How long the parent waits on its event queue before checking that its workers are alive.
 _POLL_S = 0.5
@@ -52,12 +63,16 @@ class Throughput:
             in the calling process.
         prefetch_batches: Batches prepared ahead of the one sampling (bounded queue).
         max_pending_writes: Finished volumes that may wait for the writer before sampling pauses.
+        prepare_workers: Threads that read and preprocess the three sequences of a case concurrently
+            (1: one after the other); the default is one per core, at most three (a case has three
+            present sequences).
     """
 
     background_io: bool = False
     devices: tuple[torch.device, ...] = ()
     prefetch_batches: int = 1
     max_pending_writes: int = 4
+    prepare_workers: int = field(default_factory=lambda: default_prepare_workers())
 
     @property
     def sharded(self) -> bool:

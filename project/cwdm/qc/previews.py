@@ -26,7 +26,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..atomic import write_atomic
 from ..segmentation.labels import region_mask
@@ -110,6 +109,8 @@ def render_preview(
     Returns:
         ``path``.
     """
+    from matplotlib.figure import Figure  # here, not at the top: matplotlib loads only when QC draws
+
     oriented = [_to_ras(panel.volume, affine) for panel in panels]
     outlines = [None if panel.outline is None else _to_ras(panel.outline, affine) for panel in panels]
     mask = _to_ras(centre_mask, affine)
