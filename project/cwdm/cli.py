@@ -7,7 +7,7 @@ import logging
 import math
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -24,26 +24,62 @@ if TYPE_CHECKING:
     from .inference.report import CaseResult, RunReport
     from .inference.synthesizer import Synthesizer
 
+#: Help in click's plain layout: choices as [a|b], flags without a type, defaults listed; -h and --help.
+_COMMAND_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
+
 app = typer.Typer(
     name="cwdm",
     help="Conditional wavelet diffusion (cWDM) for BraTS missing-sequence synthesis.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=_COMMAND_SETTINGS,
 )
 
 log = logging.getLogger("cwdm")
+
+# The choices of config.py's Literal types, repeated here so that --help lists them without importing
+# pydantic at start-up; tests/test_cli_conventions.py checks that the two stay the same.
+Sampler = Literal["ddpm", "ddim"]
+Spacing = Literal["linspace", "trailing"]
+Device = Literal["auto", "cuda", "cpu"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Postprocess = Literal["brain_mask", "threshold"]
+TrainPrecision = Literal["fp32", "bf16", "fp16"]
+LabelConvention = Literal["brats2021", "brats2023", "brats2024"]
+
+#: One time-stamp format for every command's log lines (ISO 8601, local time).
+LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages too.")]
 
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt=LOG_TIME_FORMAT,
     )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        typer.echo(f"cwdm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Conditional wavelet diffusion (cWDM) for BraTS missing-sequence synthesis."""
 
 
@@ -55,28 +91,80 @@ def _fail(exc: CwdmError) -> typer.Exit:
 @app.command()
 def infer(
     data: Annotated[
-        Path, typer.Argument(help="Input folder: one sub-folder per case, one sequence missing.")
+        Path,
+        typer.Argument(
+            metavar="DATA",
+            help="Input folder: one sub-folder per case, one sequence missing (the folder above the cases).",
+        ),
     ],
-    out: Annotated[Path, typer.Argument(help="Output folder: receives <case>-<missing seq>.nii.gz only.")],
-    weights: Annotated[Path, typer.Option(help="Weights directory: a checkpoint per target, model.yaml.")],
-    parameters: Annotated[
-        Path | None, typer.Option(help="parameters.yaml (sampling_steps, sampler, seed, ...).")
+    out: Annotated[
+        Path,
+        typer.Argument(metavar="OUT", help="Output folder: receives <case>-<missing seq>.nii.gz only."),
+    ],
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights directory: a checkpoint per target, model.yaml.",
+            show_default="the shipped demo weights",
+        ),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps (overrides sampling_steps).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddpm (published) or ddim.")] = None,
+    parameters: Annotated[
+        Path | None,
+        typer.Option(
+            help="parameters.yaml (its keys are these options' names; the options below override it).",
+            show_default="none",
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--sampling-steps",
+            "--steps",
+            min=1,
+            max=1000,
+            help="Sampling steps, respaced evenly.",
+            show_default="model.yaml's",
+        ),
+    ] = None,
+    sampler: Annotated[
+        Sampler | None,
+        typer.Option(help="ddpm (published) or ddim.", show_default="model.yaml's"),
+    ] = None,
     spacing: Annotated[
-        str | None, typer.Option(help="Timestep spacing: linspace (published) or trailing (for 1-2 steps).")
+        Spacing | None,
+        typer.Option(
+            "--timestep-spacing",
+            "--spacing",
+            help="Which timesteps respacing keeps: trailing is needed for 1-2 steps.",
+            show_default="model.yaml's",
+        ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Draws per case: their mean is written, their sd is the uncertainty.")
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Draws per case: their mean is written, their sd is the uncertainty.",
+            show_default="1",
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed; each case's generator derives from it.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cuda or cpu.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Run seed; each case's generator derives from it.", show_default="42"),
+    ] = None,
+    device: Annotated[Device | None, typer.Option(help="Where to run.", show_default="auto")] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(help="Network arithmetic (auto: bf16 on a GPU that has it).", show_default="auto"),
+    ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Cases with the same target sampled together.")
+        int | None,
+        typer.Option(min=1, max=64, help="Cases with the same target sampled together.", show_default="1"),
     ] = None,
-    postprocess: Annotated[str | None, typer.Option(help="brain_mask (default) or threshold.")] = None,
+    postprocess: Annotated[
+        Postprocess | None,
+        typer.Option(help="brain_mask (the published evaluation) or threshold.", show_default="brain_mask"),
+    ] = None,
     report: Annotated[
         Path | None,
         typer.Option(help="Run report (JSON), outside OUT (default: OUT-report.json beside OUT)."),
@@ -85,7 +173,7 @@ def infer(
         Path | None,
         typer.Option(help="QC folder, outside OUT: a preview per case, index.html, uncertainty maps."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Synthesise the missing sequence of every case in DATA into OUT (a rerun skips finished cases)."""
     from .config import load_run_parameters, override_run_parameters
@@ -95,6 +183,7 @@ def infer(
     from .signals import stop_on_signals
 
     console = _setup_rich_logging(verbose)
+    weights = _weights_or_shipped(weights)
     options = {"sampling_steps": steps, "sampler": sampler, "seed": seed, "device": device}
     options |= {"precision": precision, "batch_size": batch_size, "postprocess": postprocess}
     options |= {"timestep_spacing": spacing, "samples": samples}
@@ -129,10 +218,29 @@ def _setup_rich_logging(verbose: bool) -> Console:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[RichHandler(console=console, show_path=False, log_time_format=LOG_TIME_FORMAT)],
         force=True,
     )
     return console
+
+
+def _weights_or_shipped(weights: Path | None) -> Path:
+    """``--weights``, or the shipped weights, saying in the log which ran.
+
+    Raises:
+        CheckpointError: no ``--weights`` and no shipped weights (a wheel without the repository).
+    """
+    if weights is not None:
+        log.info("weights: %s", weights)
+        return weights
+    from .weights.shipped import shipped_weights
+
+    try:
+        shipped = shipped_weights()
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    log.info("weights: %s (no --weights given: the shipped demo weights, not the published model)", shipped)
+    return shipped
 
 
 class _InferProgress:
@@ -210,7 +318,8 @@ def train(
     iterations: Annotated[int, typer.Option(help="Optimiser steps (published: 1200000).")] = 1_200_000,
     lr: Annotated[float, typer.Option(help="Adam learning rate (published: 1e-5).")] = 1e-5,
     lr_schedule: Annotated[
-        str, typer.Option(help="constant (published) or cosine (decays to 0 over --iterations).")
+        Literal["constant", "cosine"],
+        typer.Option(help="constant (published) or cosine (decays to 0 over --iterations)."),
     ] = "constant",
     batch_size: Annotated[int, typer.Option(help="Cases per step and GPU (published: 1).")] = 1,
     crop: Annotated[
@@ -225,9 +334,7 @@ def train(
     num_res_blocks: Annotated[int, typer.Option(help="Residual blocks per level (published: 2).")] = 2,
     num_groups: Annotated[int, typer.Option(help="GroupNorm groups (published: 32).")] = 32,
     sampling_steps: Annotated[int, typer.Option(help="Default sampling steps written to model.yaml.")] = 1000,
-    sampler: Annotated[
-        str, typer.Option(help="Default sampler written to model.yaml: ddpm or ddim.")
-    ] = "ddpm",
+    sampler: Annotated[Sampler, typer.Option(help="Default sampler written to model.yaml.")] = "ddpm",
     ema_rate: Annotated[
         float | None, typer.Option(help="Export EMA weights at this rate, e.g. 0.9999.")
     ] = None,
@@ -235,7 +342,7 @@ def train(
     log_every: Annotated[int, typer.Option(help="CSV log interval in steps.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of weights init and of every draw of the loop.")] = 0,
     precision: Annotated[
-        str, typer.Option(help="fp32, bf16 (a GPU, or a CPU with AVX512-BF16 or AMX) or fp16 (a GPU).")
+        TrainPrecision, typer.Option(help="bf16: a GPU, or a CPU with AVX512-BF16 or AMX; fp16: a GPU.")
     ] = "fp32",
     weights_dir: Annotated[
         Path | None,
@@ -266,7 +373,7 @@ def train(
             "e.g. to fine-tune crop-trained weights on whole volumes; ignored when resuming."
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train denoisers, one target after another on one copy of the data; multi-GPU with
     ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
@@ -396,16 +503,14 @@ def evaluate(
         typer.Option(help="Keep every label volume made here (never inside the prediction folder)."),
     ] = None,
     truth_labels: Annotated[
-        str | None,
-        typer.Option(
-            help="Ground-truth label convention: brats2021, brats2023, brats2024 (default: by its values)."
-        ),
+        LabelConvention | None,
+        typer.Option(help="Ground-truth label convention.", show_default="told by its values"),
     ] = None,
     lesion_wise: Annotated[
         bool,
         typer.Option(help="Also the official BraTS metrics' lesion-wise Dice (optional extra, AGPL)."),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop, the brain
     and the tumour, the organisers' SSIM; with --segmenter the Dice of the completed case's segmentation."""
@@ -455,7 +560,7 @@ def drop_sequence(
     dst: Annotated[
         Path, typer.Argument(help="New pseudo-validation folder (or an unfinished one to resume).")
     ],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Drop one sequence per case exactly as the organisers' script does (seed 123456)."""
     from .evaluation.drop import drop_sequences
@@ -481,14 +586,17 @@ def sweep(
         Path, typer.Argument(help="Complete cases (all four sequences; -seg used when present).")
     ],
     out: Annotated[Path, typer.Argument(help="Sweep folder: sweep.csv (resumable), sweep.md, sweep.png.")],
-    weights: Annotated[Path, typer.Option(help="Weights directory to measure.")],
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Weights directory to measure.", show_default="the shipped demo weights"),
+    ] = None,
     grid: Annotated[
         Path | None,
         typer.Option(help="Grid YAML: a list of settings, lists expanded (default: the built-in grid)."),
     ] = None,
     targets: Annotated[str, typer.Option(help="Targets to drop in turn: a comma list or all.")] = "all",
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Run seed.")] = 42,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = "auto",
+    seed: Annotated[int, typer.Option(min=0, help="Run seed.")] = 42,
     workers: Annotated[
         int | None,
         typer.Option(help="Scoring processes (default: CPUs - 1); 0: score after each synthesis, in turn."),
@@ -505,7 +613,7 @@ def sweep(
         Path | None, typer.Option(help="Keep every label volume made here (with --segmenter).")
     ] = None,
     title: Annotated[str, typer.Option(help="Title of sweep.md and sweep.png.")] = "cwdm sweep",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Drop each target of each case in turn, synthesise it with every setting of a grid, time and score
     it: what each sampling setting costs in score (resumes where it stopped)."""
@@ -516,6 +624,7 @@ def sweep(
     from .signals import stop_on_signals
 
     _setup_logging(verbose)
+    weights = _weights_or_shipped(weights)
 
     def show(row: SweepRow) -> None:
         scores = f"PSNR {row.scores['full_psnr']:.2f}  SSIM {row.scores['full_ssim']:.4f}"
@@ -571,7 +680,7 @@ def qc(
             "segmenter YAML (nnU-Net model, command).",
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Previews of predictions already written, and their contact sheet (OUT/index.html)."""
     from .qc.run import qc_folder
@@ -592,7 +701,9 @@ def qc(
     raise typer.Exit(1 if any(entry.status == "failed" for entry in entries) else 0)
 
 
-weights_app = typer.Typer(help="Check or fetch a weights directory.", no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Check or fetch a weights directory.", no_args_is_help=True, context_settings=_COMMAND_SETTINGS
+)
 app.add_typer(weights_app, name="weights")
 
 
@@ -621,7 +732,7 @@ def weights_fetch(
     file: Annotated[
         list[str] | None, typer.Option(help="Repository file to fetch, once per target (default: by tag).")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Download the published checkpoints (image build time only; needs the 'hub' extra), then check."""
     from .weights.hub import fetch_weights
@@ -635,7 +746,9 @@ def weights_fetch(
     raise typer.Exit(0 if report.ok else 1)
 
 
-segmenter_app = typer.Typer(help="Train the reference tumour segmenter.", no_args_is_help=True)
+segmenter_app = typer.Typer(
+    help="Train the reference tumour segmenter.", no_args_is_help=True, context_settings=_COMMAND_SETTINGS
+)
 app.add_typer(segmenter_app, name="segmenter")
 
 
@@ -654,16 +767,16 @@ def segmenter_train(
     save_every: Annotated[int, typer.Option(help="Checkpoint interval in steps.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and of every draw.")] = 0,
     precision: Annotated[
-        str, typer.Option(help="fp32, or bf16 (a GPU, or a CPU with native bf16).")
+        Literal["fp32", "bf16"], typer.Option(help="bf16: a GPU, or a CPU with native bf16.")
     ] = "fp32",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="Where to train.")] = "cpu",
     max_seconds: Annotated[
         float | None, typer.Option(help="Stop after this many seconds, checkpointed (rerun to go on).")
     ] = None,
     init_weights: Annotated[
         Path | None, typer.Option(help="Start a new run from these segmenter.safetensors weights.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train the reference segmenter (MONAI SegResNet, 2 mm, WT/TC/ET); a rerun resumes."""
     from .config import ReferenceSegmenterSpec
