@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cases.contract import contract_warnings
 from ..cases.discovery import Case
 from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, PostprocessName, normalise
 from ..cases.reader import read_segmentation, read_sequences
@@ -86,8 +87,17 @@ def prepare_case(
         reference=volumes[0],
         output=Path(out_dir) / case.output_name(target),
         elapsed_s=time.perf_counter() - start,
-        warnings=_blank_inputs(case, order, volumes, normalised, postprocess),
+        warnings=_blank_inputs(case, order, volumes, normalised, postprocess)
+        + _contract(case, order, volumes),
     )
+
+
+def _contract(case: Case, order: Sequence[MRISequence], volumes: Sequence[Volume]) -> tuple[str, ...]:
+    """Warnings for inputs that do not look BraTS-preprocessed (:mod:`cwdm.cases.contract`)."""
+    notes = contract_warnings([str(seq) for seq in order], volumes)
+    for note in notes:
+        log.warning("%s: %s", case.case_id, note)
+    return notes
 
 
 def _blank_inputs(
