@@ -598,9 +598,19 @@ def sweep(
     device: Annotated[Device, typer.Option(help="Where to run.")] = "auto",
     seed: Annotated[int, typer.Option(min=0, help="Run seed.")] = 42,
     workers: Annotated[
-        int | None,
-        typer.Option(help="Scoring processes (default: CPUs - 1); 0: score after each synthesis, in turn."),
-    ] = None,
+        int,
+        typer.Option(
+            min=0,
+            help="0: score each synthesis after it is timed, in this process (trustworthy times); N: N "
+            "scoring processes beside the syntheses (faster, but their load counts in the times).",
+        ),
+    ] = 0,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Time each synthesis up to this many times while cheap (under 20 s in all)."
+        ),
+    ] = 3,
     keep_predictions: Annotated[bool, typer.Option(help="Keep every prediction under OUT/work/.")] = False,
     segmenter: Annotated[
         str | None,
@@ -617,7 +627,7 @@ def sweep(
 ) -> None:
     """Drop each target of each case in turn, synthesise it with every setting of a grid, time and score
     it: what each sampling setting costs in score (resumes where it stopped)."""
-    from .config import RunParameters, load_sweep_grid
+    from .config import RunParameters, SweepSetting, load_sweep_grid
     from .errors import Interrupted
     from .evaluation.sweep import SweepRow, run_sweep, write_report
     from .runtime import configure_process
@@ -634,6 +644,11 @@ def sweep(
             )
         typer.echo(f"{row.setting.name}  {row.case_id}  {row.target}  {row.seconds:.1f} s  {scores}")
 
+    def scoring(setting: SweepSetting, case_id: str, target: str) -> None:
+        log.info(
+            "%s  %s  %s: timed; scoring%s", setting.name, case_id, target, " and segmenting" * bool(segmenter)
+        )
+
     try:
         base = RunParameters.model_validate({"device": device, "seed": seed})
         settings = load_sweep_grid(grid) if grid is not None else None
@@ -647,10 +662,12 @@ def sweep(
                 targets=_targets(targets),
                 base=base,
                 workers=workers,
+                repeats=repeats,
                 keep_predictions=keep_predictions,
                 segmenter=segmenter,
                 segmentations_dir=segmentations,
                 on_row=show,
+                on_scoring=scoring,
             )
     except CwdmError as exc:
         raise _fail(exc) from exc
@@ -661,7 +678,8 @@ def sweep(
         raise typer.Exit(exc.exit_code) from None
     table, picture, choice = write_report(rows, out, title)
     typer.echo(
-        f"table: {table}; plot: {picture}; recommended: {choice.setting} ({choice.seconds:.1f} s a case)"
+        f"table: {table}; plot: {picture}; recommended: {choice.setting} ({choice.seconds:.1f} s a case), "
+        f"as parameters: {out / 'recommended.yaml'} (cwdm infer ... --parameters {out / 'recommended.yaml'})"
     )
 
 
