@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import get_args
 
@@ -125,3 +126,25 @@ def test_infer_without_weights_logs_which_ran(tmp_path: Path, monkeypatch: pytes
     assert result.exit_code == 2
     assert seen["weights"] == shipped.REPOSITORY_DEMO_WEIGHTS
     assert "shipped demo weights" in " ".join(result.output.split())
+
+
+def test_evaluate_help_says_what_it_computes() -> None:
+    text = _help("evaluate")
+    for what in ("centre crop", "MSE, PSNR and SSIM", "BraSyn SSIM", "Dice of WT, TC and ET", "dummy"):
+        assert what in text
+
+
+def test_evaluate_logs_its_progress(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "pseudo_validation"
+    case = "BraTS-GLI-99909-000"
+    truth = tmp_path / "truth" / case
+    shutil.copytree(example / case, truth)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(truth / f"{case}-t2w.nii.gz", truth / f"{case}-t1c.nii.gz")  # a stand-in ground truth
+    shutil.copy(truth / f"{case}-t2f.nii.gz", pred / f"{case}-t1c.nii.gz")
+    with caplog.at_level(logging.INFO, logger="cwdm"):
+        result = runner.invoke(cli.app, ["evaluate", str(pred), str(tmp_path / "truth")])
+    assert result.exit_code == 0, result.output
+    assert "scoring 1 predictions" in caplog.text
+    assert f"1 of 1: {case} (t1c) scored" in caplog.text

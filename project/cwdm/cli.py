@@ -512,14 +512,50 @@ def evaluate(
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop, the brain
-    and the tumour, the organisers' SSIM; with --segmenter the Dice of the completed case's segmentation."""
+    """Score every prediction PRED_DIR/<case>-<seq>.nii.gz against TRUTH_DIR/<case>/.
+
+    \b
+    As in the cWDM paper, the ground truth is scaled as in training (0.1/99.9 percentile clip, [0, 1])
+    and each prediction is scored as written, in four regions: the full volume, the 224x224x155 centre
+    crop, the brain (non-zero truth) and, where the case has a -seg file, the tumour. Per region: MSE,
+    PSNR and SSIM (scikit-image, 7-voxel window); with a -seg file also the organisers' BraSyn SSIM
+    inside and outside the tumour. --baseline adds the challenge's dummy: each present sequence copied into the
+    missing slot. --segmenter adds the downstream half: the Dice of WT, TC and ET of the completed
+    case's segmentation against the ground-truth labels, with the real complete case as the ceiling.
+    The table prints means per target and source; --csv keeps every score. A prediction that cannot
+    be scored is reported and the others go on (exit 1). Progress is logged per prediction."""
+    import time
+
     from .evaluation.evaluate import evaluate as evaluate_predictions
 
     _setup_logging(verbose)
+    progress = {"done": 0, "total": 0, "start": time.perf_counter()}
+
+    def started(total: int) -> None:
+        progress["total"] = total
+        log.info(
+            "scoring %d predictions%s",
+            total,
+            " (segmenting each case: minutes a case on a CPU)" * bool(segmenter),
+        )
+
+    def scored(case_id: str, target: object) -> None:
+        progress["done"] += 1
+        elapsed = time.perf_counter() - progress["start"]
+        log.info(
+            "%d of %d: %s (%s) scored; %.0f s so far",
+            progress["done"],
+            progress["total"],
+            case_id,
+            target,
+            elapsed,
+        )
+
     try:
         downstream = _downstream_scorer(segmenter, segmentations, truth_labels, lesion_wise)
-        result = evaluate_predictions(pred_dir, truth_dir, baseline=baseline, downstream=downstream)
+        result = evaluate_predictions(
+            pred_dir, truth_dir, baseline=baseline, downstream=downstream, on_case=scored, on_start=started
+        )
     except CwdmError as exc:
         raise _fail(exc) from exc
     for failure in result.failures:
