@@ -519,8 +519,8 @@ def evaluate(
     and each prediction is scored as written, in four regions: the full volume, the 224x224x155 centre
     crop, the brain (non-zero truth) and, where the case has a -seg file, the tumour. Per region: MSE,
     PSNR and SSIM (scikit-image, 7-voxel window); with a -seg file also the organisers' BraSyn SSIM
-    inside and outside the tumour. --baseline adds the challenge's dummy: each present sequence copied into the
-    missing slot. --segmenter adds the downstream half: the Dice of WT, TC and ET of the completed
+    inside and outside the tumour. --baseline adds the challenge's dummy: each present sequence copied
+    into the missing slot. --segmenter adds the downstream half: the Dice of WT, TC and ET of the completed
     case's segmentation against the ground-truth labels, with the real complete case as the ceiling.
     The table prints means per target and source; --csv keeps every score. A prediction that cannot
     be scored is reported and the others go on (exit 1). Progress is logged per prediction."""
