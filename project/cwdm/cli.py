@@ -734,9 +734,19 @@ def qc(
             "segmenter YAML (nnU-Net model, command).",
         ),
     ] = None,
+    convention: Annotated[
+        Literal["neurological", "radiological"],
+        typer.Option(
+            help="Display: patient's right on the right (neurological) or on the left (radiological)."
+        ),
+    ] = "neurological",
+    weights: Annotated[
+        str, typer.Option(help="The weights that made the predictions, named in the sheet's header.")
+    ] = "",
     verbose: Verbose = False,
 ) -> None:
-    """Previews of predictions already written, and their contact sheet (OUT/index.html)."""
+    """Previews of predictions already written, and their contact sheet (OUT/index.html); where DATA
+    holds the real sequence, each card also shows the difference map and PSNR/MSE."""
     from .qc.run import qc_folder
     from .segmentation.spec import open_segmenter
 
@@ -748,6 +758,8 @@ def qc(
             out,
             on_case=lambda e: typer.echo(f"{e.case_id}  {e.target or '-'}  {e.status}"),
             segmenter=None if segmenter is None else open_segmenter(segmenter),
+            convention=convention,
+            weights=weights,
         )
     except CwdmError as exc:
         raise _fail(exc) from exc
