@@ -609,9 +609,9 @@ def drop_sequence(
     except OSError as exc:
         raise _fail(CwdmError(f"copy failed: {exc}")) from exc
     for case in report.cases:
-        typer.echo(
-            f"{case.case_id}  dropped {case.dropped}  copied {len(case.copied)}, kept {len(case.kept)}"
-        )
+        files = len(case.copied)
+        resumed = f", {len(case.kept)} already there from an earlier run" if case.kept else ""
+        typer.echo(f"{case.case_id}  dropped {case.dropped}  copied {files} file{'s' * (files != 1)}{resumed}")
     for path in report.ignored:
         typer.echo(f"skipped {path}: not a case folder or not a file")
 
