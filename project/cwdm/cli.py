@@ -611,7 +611,8 @@ def drop_sequence(
     for case in report.cases:
         files = len(case.copied)
         resumed = f", {len(case.kept)} already there from an earlier run" if case.kept else ""
-        typer.echo(f"{case.case_id}  dropped {case.dropped}  copied {files} file{'s' * (files != 1)}{resumed}")
+        plural = "s" * (files != 1)
+        typer.echo(f"{case.case_id}  dropped {case.dropped}  copied {files} file{plural}{resumed}")
     for path in report.ignored:
         typer.echo(f"skipped {path}: not a case folder or not a file")
 
