@@ -148,8 +148,9 @@ def _setup_logging(log_file: Path | None) -> None:
 
 def _log_ready(synth: Synthesizer, cases: Sequence[Case]) -> None:
     log.info(
-        "%d case folders; %s; %s %s",
+        "%d case folder%s; %s; %s %s",
         len(cases),
+        "" if len(cases) == 1 else "s",
         synth.runtime.describe(),
         synth.settings.sampler,
         synth.settings.steps_label,

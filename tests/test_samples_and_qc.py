@@ -202,7 +202,7 @@ def test_cli_qc_draws_existing_predictions_with_the_truth_and_lists_missing_ones
     before = {p: _sha(p) for p in sorted((tmp_path / "complete").rglob("*.nii.gz"))}
     result = CliRunner().invoke(app, ["qc", str(pred), str(tmp_path / "complete"), str(tmp_path / "qc")])
     assert result.exit_code == 1, result.output
-    assert "BraTS-GLI-00001-000  t2f  present" in result.output
+    assert "BraTS-GLI-00001-000  t2f  previewed" in result.output
     assert "BraTS-GLI-00002-000  -  missing" in result.output
     assert "BraTS-GLI-00009-000  t1n  failed" in result.output
     assert sorted(p.name for p in (tmp_path / "qc").iterdir()) == [

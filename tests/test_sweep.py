@@ -139,7 +139,8 @@ def test_scoring_in_turn_gives_the_rows_of_a_scoring_pool(
 
     def scores(folder: str) -> list[dict[str, str]]:
         rows = csv.DictReader((tmp_path / folder / "sweep.csv").open())
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+        timing = {"seconds", *sweep_module.TIMING_COLUMNS}
+        return [{k: v for k, v in row.items() if k not in timing} for row in rows]
 
     assert scores("inline") == scores("pooled") and len(scores("inline")) == 2 * 2
 
@@ -223,3 +224,90 @@ def test_the_shipped_grids_load(path: Path) -> None:
 
     settings = load_sweep_grid(path)
     assert settings and len({s.name for s in settings}) == len(settings), f"{path.name}: a repeated setting"
+
+
+def test_by_default_no_scoring_runs_while_a_synthesis_is_timed(
+    sweep_inputs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The isolation: each synthesis (and its repeats) ends before its scoring starts, no pool is made,
+    each row has its runs and the load, and the recommendation loads as a parameters.yaml."""
+    cases, weights = sweep_inputs
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("- {sampler: ddim, timestep_spacing: trailing, sampling_steps: [1, 2]}\n")
+    events: list[str] = []
+    real_run, real_score = Synthesizer.run, sweep_module._score
+
+    def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("synthesis start")
+        try:
+            return real_run(self, *args, **kwargs)
+        finally:
+            events.append("synthesis end")
+
+    def score(*args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("scoring start")
+        try:
+            return real_score(*args, **kwargs)
+        finally:
+            events.append("scoring end")
+
+    def no_pool(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the default must not start a scoring pool")
+
+    monkeypatch.setattr(Synthesizer, "run", run)
+    monkeypatch.setattr(sweep_module, "_score", score)
+    monkeypatch.setattr(sweep_module, "ProcessPoolExecutor", no_pool)
+    command = [c for c in _command(cases, weights, tmp_path / "sweep", grid) if c not in ("--workers", "1")]
+    result = CliRunner().invoke(app, [*command, "--targets", "t1n"])
+    assert result.exit_code == 0, result.output
+    # Strictly alternating: nothing scores while something synthesises.
+    depth = 0
+    for event in events:
+        depth += 1 if event.endswith("start") else -1
+        assert depth in (0, 1), events
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").open()))
+    assert len(rows) == 2 * 2 and events.count("scoring start") == 4
+    for row in rows:
+        runs = [float(v) for v in row["seconds_runs"].split()]
+        assert len(runs) == 3  # tiny syntheses are cheap: timed three times
+        assert float(row["seconds"]) == pytest.approx(sorted(runs)[1], abs=1e-3)  # their median
+        assert float(row["other_cores"]) >= 0 and float(row["load_1min"]) >= 0
+    assert events.count("synthesis start") == 3 * 4
+    assert "## Timing" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+    from cwdm.config import load_run_parameters
+
+    params = load_run_parameters(tmp_path / "sweep" / "recommended.yaml")
+    chosen = summarise(rows)
+    best = recommend(chosen)
+    assert params.sampler == best.fields["sampler"] == "ddim"
+    assert params.sampling_steps == int(best.fields["sampling_steps"])
+    assert params.timestep_spacing == "trailing" and params.samples == 1
+    assert "recommended.yaml" in result.output
+
+
+def test_measure_repeats_while_cheap_and_keeps_the_median() -> None:
+    from cwdm.evaluation.timing import measure
+
+    seconds = iter([5.0, 1.0, 3.0, 100.0])
+    timing = measure(lambda: next(seconds), repeats=3, cheap_s=20.0)
+    assert timing.runs == (5.0, 1.0, 3.0) and timing.seconds == 3.0
+    expensive = iter([30.0, 1.0])
+    assert measure(lambda: next(expensive), repeats=3, cheap_s=20.0).runs == (30.0,)
+
+
+def test_a_busy_machine_is_seen_and_warned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cwdm.evaluation import timing as timing_module
+
+    busy = iter([100.0, 100.0 + 2 * 4.0])  # all cores' busy time grows by 8 s in a 4 s call
+    own = iter([10.0, 10.0])  # of which this process did nothing
+    clock = iter([0.0, 4.0])
+    monkeypatch.setattr(timing_module, "_machine_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(timing_module, "_own_seconds", lambda: next(own))
+    monkeypatch.setattr(timing_module.time, "perf_counter", lambda: next(clock))
+    timing = timing_module.measure(lambda: 4.0, repeats=1)
+    assert timing.other_cores == pytest.approx(2.0)
+    assert timing.busy(cpus=2) and not timing.busy(cpus=16)
+    rows = [{"other_cores": "2.00", "seconds_runs": "4.0"}]
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 2)
+    assert any("**Warning**" in line for line in sweep_module._timing_notes(rows))

@@ -246,7 +246,7 @@ def test_hub_adapter_calls_huggingface_hub(tmp_path, monkeypatch):
 
 def test_hub_adapter_without_huggingface_hub_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import fail
-    with pytest.raises(CwdmError, match=r"pip install 'cwdm-brasyn\[hub\]'"):
+    with pytest.raises(CwdmError, match=r"pip install huggingface_hub .*pip install -e '\.\[hub\]'"):
         HuggingFaceHub()
 
 

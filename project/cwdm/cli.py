@@ -8,7 +8,7 @@ import math
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -25,26 +25,62 @@ if TYPE_CHECKING:
     from .inference.report import CaseResult, RunReport
     from .inference.synthesizer import Synthesizer
 
+#: Help in click's plain layout: choices as [a|b], flags without a type, defaults listed; -h and --help.
+_COMMAND_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
+
 app = typer.Typer(
     name="cwdm",
     help="Conditional wavelet diffusion (cWDM) for BraTS missing-sequence synthesis.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=_COMMAND_SETTINGS,
 )
 
 log = logging.getLogger("cwdm")
+
+# The choices of config.py's Literal types, repeated here so that --help lists them without importing
+# pydantic at start-up; tests/test_cli_conventions.py checks that the two stay the same.
+Sampler = Literal["ddpm", "ddim"]
+Spacing = Literal["linspace", "trailing"]
+Device = Literal["auto", "cuda", "cpu"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Postprocess = Literal["brain_mask", "threshold"]
+TrainPrecision = Literal["fp32", "bf16", "fp16"]
+LabelConvention = Literal["brats2021", "brats2023", "brats2024"]
+
+#: One time-stamp format for every command's log lines (ISO 8601, local time).
+LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages too.")]
 
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt=LOG_TIME_FORMAT,
     )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        typer.echo(f"cwdm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Conditional wavelet diffusion (cWDM) for BraTS missing-sequence synthesis."""
 
 
@@ -56,28 +92,80 @@ def _fail(exc: CwdmError) -> typer.Exit:
 @app.command()
 def infer(
     data: Annotated[
-        Path, typer.Argument(help="Input folder: one sub-folder per case, one sequence missing.")
+        Path,
+        typer.Argument(
+            metavar="DATA",
+            help="Input folder: one sub-folder per case, one sequence missing (the folder above the cases).",
+        ),
     ],
-    out: Annotated[Path, typer.Argument(help="Output folder: receives <case>-<missing seq>.nii.gz only.")],
-    weights: Annotated[Path, typer.Option(help="Weights directory: a checkpoint per target, model.yaml.")],
-    parameters: Annotated[
-        Path | None, typer.Option(help="parameters.yaml (sampling_steps, sampler, seed, ...).")
+    out: Annotated[
+        Path,
+        typer.Argument(metavar="OUT", help="Output folder: receives <case>-<missing seq>.nii.gz only."),
+    ],
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights directory: a checkpoint per target, model.yaml.",
+            show_default="the shipped demo weights",
+        ),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps (overrides sampling_steps).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddpm (published) or ddim.")] = None,
+    parameters: Annotated[
+        Path | None,
+        typer.Option(
+            help="parameters.yaml (its keys are these options' names; the options below override it).",
+            show_default="none",
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--sampling-steps",
+            "--steps",
+            min=1,
+            max=1000,
+            help="Sampling steps, respaced evenly.",
+            show_default="model.yaml's",
+        ),
+    ] = None,
+    sampler: Annotated[
+        Sampler | None,
+        typer.Option(help="ddpm (published) or ddim.", show_default="model.yaml's"),
+    ] = None,
     spacing: Annotated[
-        str | None, typer.Option(help="Timestep spacing: linspace (published) or trailing (for 1-2 steps).")
+        Spacing | None,
+        typer.Option(
+            "--timestep-spacing",
+            "--spacing",
+            help="Which timesteps respacing keeps: trailing is needed for 1-2 steps.",
+            show_default="model.yaml's",
+        ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Draws per case: their mean is written, their sd is the uncertainty.")
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Draws per case: their mean is written, their sd is the uncertainty.",
+            show_default="1",
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed; each case's generator derives from it.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cuda or cpu.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Run seed; each case's generator derives from it.", show_default="42"),
+    ] = None,
+    device: Annotated[Device | None, typer.Option(help="Where to run.", show_default="auto")] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(help="Network arithmetic (auto: bf16 on a GPU that has it).", show_default="auto"),
+    ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Cases with the same target sampled together.")
+        int | None,
+        typer.Option(min=1, max=64, help="Cases with the same target sampled together.", show_default="1"),
     ] = None,
-    postprocess: Annotated[str | None, typer.Option(help="brain_mask (default) or threshold.")] = None,
+    postprocess: Annotated[
+        Postprocess | None,
+        typer.Option(help="brain_mask (the published evaluation) or threshold.", show_default="brain_mask"),
+    ] = None,
     report: Annotated[
         Path | None,
         typer.Option(help="Run report (JSON), outside OUT (default: OUT-report.json beside OUT)."),
@@ -102,7 +190,7 @@ def infer(
         bool,
         typer.Option(help="Resample finished outputs whose header records other settings than this run's."),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Synthesise the missing sequence of every case in DATA into OUT (a rerun skips finished cases)."""
     from .config import load_run_parameters, override_run_parameters
@@ -113,6 +201,7 @@ def infer(
     from .signals import stop_on_signals
 
     console = _setup_rich_logging(verbose)
+    weights = _weights_or_shipped(weights)
     options = {"sampling_steps": steps, "sampler": sampler, "seed": seed, "device": device}
     options |= {"precision": precision, "batch_size": batch_size, "postprocess": postprocess}
     options |= {"timestep_spacing": spacing, "samples": samples}
@@ -151,10 +240,29 @@ def _setup_rich_logging(verbose: bool) -> Console:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[RichHandler(console=console, show_path=False, log_time_format=LOG_TIME_FORMAT)],
         force=True,
     )
     return console
+
+
+def _weights_or_shipped(weights: Path | None) -> Path:
+    """``--weights``, or the shipped weights, saying in the log which ran.
+
+    Raises:
+        CheckpointError: no ``--weights`` and no shipped weights (a wheel without the repository).
+    """
+    if weights is not None:
+        log.info("weights: %s", weights)
+        return weights
+    from .weights.shipped import shipped_weights
+
+    try:
+        shipped = shipped_weights()
+    except CwdmError as exc:
+        raise _fail(exc) from exc
+    log.info("weights: %s (no --weights given: the shipped demo weights, not the published model)", shipped)
+    return shipped
 
 
 class _InferProgress:
@@ -232,7 +340,8 @@ def train(
     iterations: Annotated[int, typer.Option(help="Optimiser steps (published: 1200000).")] = 1_200_000,
     lr: Annotated[float, typer.Option(help="Adam learning rate (published: 1e-5).")] = 1e-5,
     lr_schedule: Annotated[
-        str, typer.Option(help="constant (published) or cosine (decays to 0 over --iterations).")
+        Literal["constant", "cosine"],
+        typer.Option(help="constant (published) or cosine (decays to 0 over --iterations)."),
     ] = "constant",
     batch_size: Annotated[int, typer.Option(help="Cases per step and GPU (published: 1).")] = 1,
     crop: Annotated[
@@ -247,9 +356,7 @@ def train(
     num_res_blocks: Annotated[int, typer.Option(help="Residual blocks per level (published: 2).")] = 2,
     num_groups: Annotated[int, typer.Option(help="GroupNorm groups (published: 32).")] = 32,
     sampling_steps: Annotated[int, typer.Option(help="Default sampling steps written to model.yaml.")] = 1000,
-    sampler: Annotated[
-        str, typer.Option(help="Default sampler written to model.yaml: ddpm or ddim.")
-    ] = "ddpm",
+    sampler: Annotated[Sampler, typer.Option(help="Default sampler written to model.yaml.")] = "ddpm",
     ema_rate: Annotated[
         float | None, typer.Option(help="Export EMA weights at this rate, e.g. 0.9999.")
     ] = None,
@@ -257,7 +364,7 @@ def train(
     log_every: Annotated[int, typer.Option(help="CSV log interval in steps.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of weights init and of every draw of the loop.")] = 0,
     precision: Annotated[
-        str, typer.Option(help="fp32, bf16 (a GPU, or a CPU with AVX512-BF16 or AMX) or fp16 (a GPU).")
+        TrainPrecision, typer.Option(help="bf16: a GPU, or a CPU with AVX512-BF16 or AMX; fp16: a GPU.")
     ] = "fp32",
     weights_dir: Annotated[
         Path | None,
@@ -288,7 +395,7 @@ def train(
             "e.g. to fine-tune crop-trained weights on whole volumes; ignored when resuming."
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train denoisers, one target after another on one copy of the data; multi-GPU with
     ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
@@ -418,25 +525,59 @@ def evaluate(
         typer.Option(help="Keep every label volume made here (never inside the prediction folder)."),
     ] = None,
     truth_labels: Annotated[
-        str | None,
-        typer.Option(
-            help="Ground-truth label convention: brats2021, brats2023, brats2024 (default: by its values)."
-        ),
+        LabelConvention | None,
+        typer.Option(help="Ground-truth label convention.", show_default="told by its values"),
     ] = None,
     lesion_wise: Annotated[
         bool,
         typer.Option(help="Also the official BraTS metrics' lesion-wise Dice (optional extra, AGPL)."),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """MSE, PSNR and SSIM (scikit-image) on the full volume and the 224x224x155 centre crop, the brain
-    and the tumour, the organisers' SSIM; with --segmenter the Dice of the completed case's segmentation."""
+    """Score every prediction PRED_DIR/<case>-<seq>.nii.gz against TRUTH_DIR/<case>/.
+
+    \b
+    As in the cWDM paper, the ground truth is scaled as in training (0.1/99.9 percentile clip, [0, 1])
+    and each prediction is scored as written, in four regions: the full volume, the 224x224x155 centre
+    crop, the brain (non-zero truth) and, where the case has a -seg file, the tumour. Per region: MSE,
+    PSNR and SSIM (scikit-image, 7-voxel window); with a -seg file also the organisers' BraSyn SSIM
+    inside and outside the tumour. --baseline adds the challenge's dummy: each present sequence copied
+    into the missing slot. --segmenter adds the downstream half: the Dice of WT, TC and ET of the completed
+    case's segmentation against the ground-truth labels, with the real complete case as the ceiling.
+    The table prints means per target and source; --csv keeps every score. A prediction that cannot
+    be scored is reported and the others go on (exit 1). Progress is logged per prediction."""
+    import time
+
     from .evaluation.evaluate import evaluate as evaluate_predictions
 
     _setup_logging(verbose)
+    progress = {"done": 0, "total": 0, "start": time.perf_counter()}
+
+    def started(total: int) -> None:
+        progress["total"] = total
+        log.info(
+            "scoring %d predictions%s",
+            total,
+            " (segmenting each case: minutes a case on a CPU)" * bool(segmenter),
+        )
+
+    def scored(case_id: str, target: object) -> None:
+        progress["done"] += 1
+        elapsed = time.perf_counter() - progress["start"]
+        log.info(
+            "%d of %d: %s (%s) scored; %.0f s so far",
+            progress["done"],
+            progress["total"],
+            case_id,
+            target,
+            elapsed,
+        )
+
     try:
         downstream = _downstream_scorer(segmenter, segmentations, truth_labels, lesion_wise)
-        result = evaluate_predictions(pred_dir, truth_dir, baseline=baseline, downstream=downstream)
+        result = evaluate_predictions(
+            pred_dir, truth_dir, baseline=baseline, downstream=downstream, on_case=scored, on_start=started
+        )
     except CwdmError as exc:
         raise _fail(exc) from exc
     for failure in result.failures:
@@ -477,7 +618,7 @@ def drop_sequence(
     dst: Annotated[
         Path, typer.Argument(help="New pseudo-validation folder (or an unfinished one to resume).")
     ],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Drop one sequence per case exactly as the organisers' script does (seed 123456)."""
     from .evaluation.drop import drop_sequences
@@ -490,9 +631,10 @@ def drop_sequence(
     except OSError as exc:
         raise _fail(CwdmError(f"copy failed: {exc}")) from exc
     for case in report.cases:
-        typer.echo(
-            f"{case.case_id}  dropped {case.dropped}  copied {len(case.copied)}, kept {len(case.kept)}"
-        )
+        files = len(case.copied)
+        resumed = f", {len(case.kept)} already there from an earlier run" if case.kept else ""
+        plural = "s" * (files != 1)
+        typer.echo(f"{case.case_id}  dropped {case.dropped}  copied {files} file{plural}{resumed}")
     for path in report.ignored:
         typer.echo(f"skipped {path}: not a case folder or not a file")
 
@@ -503,18 +645,31 @@ def sweep(
         Path, typer.Argument(help="Complete cases (all four sequences; -seg used when present).")
     ],
     out: Annotated[Path, typer.Argument(help="Sweep folder: sweep.csv (resumable), sweep.md, sweep.png.")],
-    weights: Annotated[Path, typer.Option(help="Weights directory to measure.")],
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Weights directory to measure.", show_default="the shipped demo weights"),
+    ] = None,
     grid: Annotated[
         Path | None,
         typer.Option(help="Grid YAML: a list of settings, lists expanded (default: the built-in grid)."),
     ] = None,
     targets: Annotated[str, typer.Option(help="Targets to drop in turn: a comma list or all.")] = "all",
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Run seed.")] = 42,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = "auto",
+    seed: Annotated[int, typer.Option(min=0, help="Run seed.")] = 42,
     workers: Annotated[
-        int | None,
-        typer.Option(help="Scoring processes (default: CPUs - 1); 0: score after each synthesis, in turn."),
-    ] = None,
+        int,
+        typer.Option(
+            min=0,
+            help="0: score each synthesis after it is timed, in this process (trustworthy times); N: N "
+            "scoring processes beside the syntheses (faster, but their load counts in the times).",
+        ),
+    ] = 0,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Time each synthesis up to this many times while cheap (under 20 s in all)."
+        ),
+    ] = 3,
     keep_predictions: Annotated[bool, typer.Option(help="Keep every prediction under OUT/work/.")] = False,
     segmenter: Annotated[
         str | None,
@@ -527,17 +682,18 @@ def sweep(
         Path | None, typer.Option(help="Keep every label volume made here (with --segmenter).")
     ] = None,
     title: Annotated[str, typer.Option(help="Title of sweep.md and sweep.png.")] = "cwdm sweep",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Drop each target of each case in turn, synthesise it with every setting of a grid, time and score
     it: what each sampling setting costs in score (resumes where it stopped)."""
-    from .config import RunParameters, load_sweep_grid
+    from .config import RunParameters, SweepSetting, load_sweep_grid
     from .errors import Interrupted
     from .evaluation.sweep import SweepRow, run_sweep, write_report
     from .runtime import configure_process
     from .signals import stop_on_signals
 
     _setup_logging(verbose)
+    weights = _weights_or_shipped(weights)
 
     def show(row: SweepRow) -> None:
         scores = f"PSNR {row.scores['full_psnr']:.2f}  SSIM {row.scores['full_ssim']:.4f}"
@@ -546,6 +702,11 @@ def sweep(
                 f"{row.scores[k]:.3f}" for k in ("dice_wt", "dice_tc", "dice_et")
             )
         typer.echo(f"{row.setting.name}  {row.case_id}  {row.target}  {row.seconds:.1f} s  {scores}")
+
+    def scoring(setting: SweepSetting, case_id: str, target: str) -> None:
+        log.info(
+            "%s  %s  %s: timed; scoring%s", setting.name, case_id, target, " and segmenting" * bool(segmenter)
+        )
 
     try:
         base = RunParameters.model_validate({"device": device, "seed": seed})
@@ -560,10 +721,12 @@ def sweep(
                 targets=_targets(targets),
                 base=base,
                 workers=workers,
+                repeats=repeats,
                 keep_predictions=keep_predictions,
                 segmenter=segmenter,
                 segmentations_dir=segmentations,
                 on_row=show,
+                on_scoring=scoring,
             )
     except CwdmError as exc:
         raise _fail(exc) from exc
@@ -574,7 +737,8 @@ def sweep(
         raise typer.Exit(exc.exit_code) from None
     table, picture, choice = write_report(rows, out, title)
     typer.echo(
-        f"table: {table}; plot: {picture}; recommended: {choice.setting} ({choice.seconds:.1f} s a case)"
+        f"table: {table}; plot: {picture}; recommended: {choice.setting} ({choice.seconds:.1f} s a case), "
+        f"as parameters: {out / 'recommended.yaml'} (cwdm infer ... --parameters {out / 'recommended.yaml'})"
     )
 
 
@@ -593,9 +757,19 @@ def qc(
             "segmenter YAML (nnU-Net model, command).",
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    convention: Annotated[
+        Literal["neurological", "radiological"],
+        typer.Option(
+            help="Display: patient's right on the right (neurological) or on the left (radiological)."
+        ),
+    ] = "neurological",
+    weights: Annotated[
+        str, typer.Option(help="The weights that made the predictions, named in the sheet's header.")
+    ] = "",
+    verbose: Verbose = False,
 ) -> None:
-    """Previews of predictions already written, and their contact sheet (OUT/index.html)."""
+    """Previews of predictions already written, and their contact sheet (OUT/index.html); where DATA
+    holds the real sequence, each card also shows the difference map and PSNR/MSE."""
     from .qc.run import qc_folder
     from .segmentation.spec import open_segmenter
 
@@ -607,6 +781,8 @@ def qc(
             out,
             on_case=lambda e: typer.echo(f"{e.case_id}  {e.target or '-'}  {e.status}"),
             segmenter=None if segmenter is None else open_segmenter(segmenter),
+            convention=convention,
+            weights=weights,
         )
     except CwdmError as exc:
         raise _fail(exc) from exc
@@ -614,7 +790,9 @@ def qc(
     raise typer.Exit(1 if any(entry.status == "failed" for entry in entries) else 0)
 
 
-weights_app = typer.Typer(help="Check or fetch a weights directory.", no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Check or fetch a weights directory.", no_args_is_help=True, context_settings=_COMMAND_SETTINGS
+)
 app.add_typer(weights_app, name="weights")
 
 
@@ -643,7 +821,7 @@ def weights_fetch(
     file: Annotated[
         list[str] | None, typer.Option(help="Repository file to fetch, once per target (default: by tag).")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Download the published checkpoints (image build time only; needs the 'hub' extra), then check."""
     from .weights.hub import fetch_weights
@@ -657,7 +835,9 @@ def weights_fetch(
     raise typer.Exit(0 if report.ok else 1)
 
 
-report_app = typer.Typer(help="Combine the run reports of a split run.", no_args_is_help=True)
+report_app = typer.Typer(
+    help="Combine the run reports of a split run.", no_args_is_help=True, context_settings=_COMMAND_SETTINGS
+)
 app.add_typer(report_app, name="report")
 
 
@@ -694,7 +874,9 @@ def report_merge(
     raise typer.Exit(merged.exit_code)
 
 
-segmenter_app = typer.Typer(help="Train the reference tumour segmenter.", no_args_is_help=True)
+segmenter_app = typer.Typer(
+    help="Train the reference tumour segmenter.", no_args_is_help=True, context_settings=_COMMAND_SETTINGS
+)
 app.add_typer(segmenter_app, name="segmenter")
 
 
@@ -713,16 +895,16 @@ def segmenter_train(
     save_every: Annotated[int, typer.Option(help="Checkpoint interval in steps.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and of every draw.")] = 0,
     precision: Annotated[
-        str, typer.Option(help="fp32, or bf16 (a GPU, or a CPU with native bf16).")
+        Literal["fp32", "bf16"], typer.Option(help="bf16: a GPU, or a CPU with native bf16.")
     ] = "fp32",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="Where to train.")] = "cpu",
     max_seconds: Annotated[
         float | None, typer.Option(help="Stop after this many seconds, checkpointed (rerun to go on).")
     ] = None,
     init_weights: Annotated[
         Path | None, typer.Option(help="Start a new run from these segmenter.safetensors weights.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train the reference segmenter (MONAI SegResNet, 2 mm, WT/TC/ET); a rerun resumes."""
     from .config import ReferenceSegmenterSpec

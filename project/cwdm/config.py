@@ -303,6 +303,12 @@ class SweepSetting(_Strict):
         """``base`` with this setting's keys."""
         return base.model_copy(update=self.model_dump())
 
+    def parameters_yaml(self, comment: str = "") -> str:
+        """This setting as a ``parameters.yaml`` (every key is a :class:`RunParameters` key), with
+        ``comment`` lines on top."""
+        lines = [f"# {line}" for line in comment.splitlines()]
+        return "\n".join([*lines, yaml.safe_dump(self.model_dump(), sort_keys=False)])
+
 
 def expand_sweep_grid(data: Any, source: str = "sweep grid") -> list[SweepSetting]:
     """Expand a grid: a list of entries, each a mapping of :class:`SweepSetting` keys to a value or a

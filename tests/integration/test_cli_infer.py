@@ -101,12 +101,12 @@ def test_options_override_the_parameters_file(data: Path, tmp_path: Path, tiny_w
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--sampler", "euler"], ["command-line options", "key 'sampler'", "'euler'"]),
-        (["--steps", "0"], ["key 'sampling_steps'", "got 0"]),
-        (["--precision", "fp64"], ["key 'precision'", "'fp64'"]),
+        (["--sampler", "euler"], ["'--sampler'", "'euler'", "'ddpm', 'ddim'"]),
+        (["--steps", "0"], ["'--sampling-steps' / '--steps'", "greater than or equal to 1"]),
+        (["--precision", "fp64"], ["'--precision'", "'fp64'"]),
     ],
 )
-def test_bad_options_exit_2_naming_the_key(
+def test_bad_options_exit_2_naming_the_option(
     data: Path, tmp_path: Path, tiny_weights: Path, extra: list[str], words: list[str]
 ) -> None:
     code, output = _invoke(data, tmp_path / "out", "--weights", tiny_weights, *extra)

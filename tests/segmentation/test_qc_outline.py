@@ -63,7 +63,7 @@ def test_previews_outline_both_segmentations_and_cards_give_their_dice(tmp_path:
     entries = qc_folder(tmp_path / "pred", data, tmp_path / "qc", segmenter=segmenter)
     plain = qc_folder(tmp_path / "pred", data, tmp_path / "qc-plain")
 
-    assert [e.status for e in entries] == ["present"]
+    assert [e.status for e in entries] == ["previewed"]
     assert sorted(segmenter.seen) == ["real", "t1c"]
     scores = dict(entries[0].scores)
     # The oracle: the same thresholds here, on the real t1c and on the dimmed one.
@@ -76,7 +76,7 @@ def test_previews_outline_both_segmentations_and_cards_give_their_dice(tmp_path:
     truth = np.asanyarray(nib.load(folder / f"{folder.name}-seg.nii.gz").dataobj)
     ceiling = re.search(r"ET (\S+)", scores["real case vs truth"])
     assert float(ceiling[1]) == round(dice(et_real, truth == 3), 3)
-    assert not plain[0].scores
+    assert not [name for name, _ in plain[0].scores if "Dice" in name or "real" in name]
     # The outlines are drawn: WT's colour is on the picture with a segmenter and not without one.
     png, png_plain = tmp_path / "qc" / entries[0].preview, tmp_path / "qc-plain" / plain[0].preview
     assert _outline_pixels(png, OUTLINE_COLOURS["wt"]) > 50
@@ -95,6 +95,6 @@ def test_a_segmenter_failure_fails_that_card_only(tmp_path: Path) -> None:
     entries = qc_folder(tmp_path / "pred", data, tmp_path / "qc", segmenter=ThresholdSegmenter("00066"))
 
     status = {e.case_id: (e.status, e.error) for e in entries}
-    assert status["BraTS-GLI-00012-000"] == ("present", None)
+    assert status["BraTS-GLI-00012-000"] == ("previewed", None)
     assert status["BraTS-GLI-00066-000"][0] == "failed"
     assert "failed on purpose" in status["BraTS-GLI-00066-000"][1]

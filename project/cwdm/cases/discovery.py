@@ -184,7 +184,8 @@ def discover_cases(data_dir: Path) -> list[Case]:
         The cases in name order; inspect :meth:`Case.target` for each.
 
     Raises:
-        CwdmError: ``data_dir`` does not exist, is not a folder or cannot be listed.
+        CwdmError: ``data_dir`` does not exist, is not a folder or cannot be listed, or is itself a case
+            folder (it holds sequence files and no sub-folder): the message says to pass its parent.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -205,7 +206,19 @@ def discover_cases(data_dir: Path) -> list[Case]:
             cases.append(Case(entry.name, entry, problems=(problem,)))
         else:
             log.info("ignored %s in the data folder: not a case folder", entry.name)
+    if not cases and any(_looks_like_sequence_file(entry) for entry in entries):
+        raise CwdmError(
+            f"data folder {data_dir} holds sequence files but no case folder: it looks like a single case; "
+            f"pass the folder above it ({data_dir.resolve().parent}), which holds one folder per case"
+        )
     return cases
+
+
+def _looks_like_sequence_file(path: Path) -> bool:
+    """``<anything>-<seq>.nii.gz`` (or ``.nii``): what a case folder holds."""
+    name = path.name
+    stem = name.removesuffix(".gz").removesuffix(".nii")
+    return stem != name and stem.rsplit("-", 1)[-1] in {str(seq) for seq in CANONICAL_ORDER}
 
 
 def needed_targets(cases: Iterable[Case]) -> list[MRISequence]:

@@ -387,6 +387,7 @@ def evaluate(
     baseline: bool = False,
     downstream: DownstreamScorer | None = None,
     on_case: Callable[[str, MRISequence], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Score every prediction ``<case>-<seq>.nii.gz`` of ``pred_dir`` against ``truth_dir/<case>/``.
 
@@ -403,6 +404,7 @@ def evaluate(
             segmenter that fails on a case is a failure of that case's Dice (source ``segmentation``);
             its image scores stand.
         on_case: Called with the case id and target after each prediction is processed.
+        on_start: Called with the number of predictions found, before the first is scored.
 
     Returns:
         The :class:`Evaluation`.
@@ -419,6 +421,8 @@ def evaluate(
     predictions, failures = _prediction_files(pred_dir)
     if not predictions:
         log.warning("no prediction files (<case>-<seq>.nii.gz) in %s", pred_dir)
+    if on_start is not None:
+        on_start(len(predictions))
     scores: list[CaseScores] = []
     for case_id, target, path in predictions:
         try:

@@ -7,9 +7,13 @@ draws a case), timed end to end (read, preprocess, sample, post-process, write: 
 run report), and scored by :mod:`cwdm.evaluation.evaluate` (every region, the organisers' SSIM where the
 case has a segmentation). The models are loaded once; cases are synthesised one at a time, so that an
 interrupted sweep loses at most the case in progress: ``OUT/sweep.csv`` holds one row per setting, case
-and target, written as each is scored, and a rerun skips the rows it finds. Scoring runs in a pool of
-processes while the next case samples, or, with ``workers=0``, in this process after each synthesis: on a
-machine of few cores a scoring running beside a synthesis would be counted in that synthesis's time.
+and target, written as each is scored, and a rerun skips the rows it finds.
+
+Timings are taken with nothing else running in the process tree (:mod:`cwdm.evaluation.timing`): by
+default each synthesis is timed first, repeated while cheap (the median kept), and scored after, in
+this process; the CSV records each run's seconds and how many cores other processes kept busy
+meanwhile. A pool of scoring processes (``workers`` > 0) is faster overall but scores beside the next
+synthesis: its timings are marked as taken on a busy machine.
 
 With a segmenter (``segmenter``: a ``--segmenter`` value) every synthesis also gets the Dice of its
 completed case (:mod:`cwdm.evaluation.downstream`), and each case is scored once, in ``baselines.csv``,
@@ -33,6 +37,7 @@ import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +48,7 @@ from ..cases.reader import read_segmentation
 from ..config import RunParameters, SamplingSettings, SweepSetting, expand_sweep_grid
 from ..errors import CwdmError
 from ..inference.fastpath import FastPathOptions
+from ..inference.report import CaseResult
 from ..inference.synthesizer import Synthesizer
 from ..runtime import resolve_runtime
 from ..segmentation.labels import DICE_COLUMNS
@@ -51,6 +57,7 @@ from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.folder import WeightsDir
 from .downstream import DownstreamScorer
 from .evaluate import REAL, baseline_scores, columns, score_prediction
+from .timing import BUSY_SHARE, Timing, measure
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,20 @@ SETTING_COLUMNS = [
     "precision",
     "samples",
 ]
-ROW_COLUMNS = [*SETTING_COLUMNS, "case", "target", "seconds", "device", "uncertainty", *columns()]
+#: After ``seconds`` (the median of the runs): each run, and the load (:class:`Timing`).
+TIMING_COLUMNS = ["seconds_runs", "other_cores", "load_1min"]
+ROW_COLUMNS = [
+    *SETTING_COLUMNS,
+    "case",
+    "target",
+    "seconds",
+    *TIMING_COLUMNS,
+    "device",
+    "uncertainty",
+    *columns(),
+]
+#: The setting ``cwdm sweep`` recommends, as a ``parameters.yaml`` (``cwdm infer --parameters``).
+RECOMMENDED_NAME = "recommended.yaml"
 CSV_NAME = "sweep.csv"
 
 
@@ -88,6 +108,7 @@ class SweepRow:
     device: str
     uncertainty: float | None
     scores: dict[str, float]
+    timing: Timing | None = None
 
     def record(self) -> dict[str, str]:
         values = {
@@ -99,6 +120,12 @@ class SweepRow:
             "device": self.device,
             "uncertainty": "" if self.uncertainty is None else repr(self.uncertainty),
         }
+        if self.timing is not None:
+            values["seconds_runs"] = " ".join(f"{run:.3f}" for run in self.timing.runs)
+            values["other_cores"] = (
+                "" if math.isnan(self.timing.other_cores) else f"{self.timing.other_cores:.2f}"
+            )
+            values["load_1min"] = "" if math.isnan(self.timing.load_1min) else f"{self.timing.load_1min:.2f}"
         return values | {key: "" if math.isnan(v) else repr(v) for key, v in self.scores.items()}
 
 
@@ -146,7 +173,7 @@ def _score(
     case: Case,
     target: str,
     prediction: Path,
-    seconds: float,
+    timing: Timing,
     device: str,
     uncertainty: float | None,
     segmenter: str | None = None,
@@ -162,7 +189,29 @@ def _score(
     if segmenter is not None and seg is not None:
         scorer = _downstream(segmenter, segmentations_dir)
         values |= scorer.completed(case, MRISequence(target), prediction, setting.name).values()
-    return SweepRow(setting, case.case_id, target, seconds, device, uncertainty, values)
+    return SweepRow(setting, case.case_id, target, timing.seconds, device, uncertainty, values, timing)
+
+
+def _synthesise_once(
+    synth: Synthesizer,
+    case: Case,
+    target: MRISequence,
+    setting: SweepSetting,
+    pred_dir: Path,
+    results: list[CaseResult],
+) -> float:
+    """Synthesise one case (anew: also a stale output, written but not scored before an interruption),
+    append its result to ``results`` and return its seconds.
+
+    Raises:
+        CwdmError: the case failed (the sweep measures a working setup; a failure is not a score).
+    """
+    (pred_dir / case.output_name(target)).unlink(missing_ok=True)
+    result = synth.run([case], pred_dir).cases[0]
+    if result.status != "written":
+        raise CwdmError(f"{setting.name}: {case.case_id} ({target}) {result.status}: {result.error}")
+    results.append(result)
+    return result.elapsed_s
 
 
 class _InlineExecutor:
@@ -188,11 +237,13 @@ def run_sweep(
     *,
     targets: Sequence[MRISequence | str] | None = None,
     base: RunParameters | None = None,
-    workers: int | None = None,
+    workers: int = 0,
+    repeats: int = 3,
     keep_predictions: bool = False,
     segmenter: str | None = None,
     segmentations_dir: Path | None = None,
     on_row: Callable[[SweepRow], None] | None = None,
+    on_scoring: Callable[[SweepSetting, str, str], None] | None = None,
 ) -> list[dict[str, str]]:
     """Synthesise and score every complete case of ``cases_dir`` once per target and setting.
 
@@ -203,13 +254,18 @@ def run_sweep(
         grid: The settings (default :data:`DEFAULT_GRID`).
         targets: The targets to drop in turn (default all four).
         base: Run parameters for what the grid does not set (seed, device, batch size, fast path).
-        workers: Scoring processes (default: the CPU count minus one, at least one); 0 scores each
-            synthesis in this process once it is timed, so that no scoring shares the processor with one.
+        workers: 0 (the default) scores each synthesis in this process once it is timed, so that no
+            scoring shares the processor with a timed synthesis; more: that many scoring processes
+            beside the syntheses (faster, but their timings count the scoring's load).
+        repeats: Time each synthesis up to this many times while its runs add up to under 20 s; the
+            median is kept.
         keep_predictions: Keep every prediction (``work/predictions/<setting>/``) after it is scored.
         segmenter: Also score the Dice of each completed case with this segmenter (a ``--segmenter``
             value: ``builtin``, a folder, a description file), and the baselines (:func:`score_baselines`).
         segmentations_dir: Keep every label volume made there.
         on_row: Called with each new row.
+        on_scoring: Called with the setting, case id and target as each scoring starts in this process
+            (progress: a scoring with a segmenter takes minutes on a CPU).
 
     Returns:
         Every row of ``sweep.csv`` (those of earlier runs too), as strings.
@@ -239,7 +295,7 @@ def run_sweep(
         _InlineExecutor()
         if workers == 0
         else ProcessPoolExecutor(
-            max_workers=workers or max(1, (os.cpu_count() or 2) - 1),
+            max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
         )
     )
@@ -282,14 +338,24 @@ def run_sweep(
                 )
                 by_id = {case.case_id: case for case in discover_cases(inputs[target])}
                 for case in todo:
-                    stale = pred_dir / case.output_name(target)
-                    stale.unlink(missing_ok=True)  # written but not scored before an interruption: redo
-                    report = synth.run([by_id[case.case_id]], pred_dir)
-                    result = report.cases[0]
-                    if result.status != "written":
-                        raise CwdmError(
-                            f"{setting.name}: {case.case_id} ({target}) {result.status}: {result.error}"
+                    done_runs: list[CaseResult] = []
+                    synthesise = partial(
+                        _synthesise_once, synth, by_id[case.case_id], target, setting, pred_dir, done_runs
+                    )
+                    timing = measure(synthesise, repeats=repeats)
+                    result = done_runs[-1]
+                    if timing.busy():
+                        log.warning(
+                            "%s %s (%s): timed while other processes kept %.1f of %d cores busy: this "
+                            "time is not to be trusted (rerun on a quiet machine; scoring workers count)",
+                            setting.name,
+                            case.case_id,
+                            target,
+                            timing.other_cores,
+                            os.cpu_count() or 1,
                         )
+                    if on_scoring is not None and workers == 0:
+                        on_scoring(setting, case.case_id, str(target))
                     pending.append(
                         pool.submit(
                             _score,
@@ -297,7 +363,7 @@ def run_sweep(
                             case,
                             str(target),
                             result.output,
-                            result.elapsed_s,
+                            timing,
                             str(setting_runtime.device),
                             result.uncertainty,
                             segmenter,
@@ -651,6 +717,46 @@ def plot(
     return write_atomic(Path(path), buffer.getvalue())
 
 
+def write_recommended(choice: SettingSummary, path: Path, title: str) -> Path:
+    """The recommended setting as a ``parameters.yaml`` for ``cwdm infer --parameters``."""
+    fields = dict(choice.fields)
+    setting = SweepSetting.model_validate(
+        fields | {"sampling_steps": int(fields["sampling_steps"]), "samples": int(fields["samples"])}
+    )
+    comment = (
+        f"{title}: the recommended setting ({choice.seconds:.1f} s a case, PSNR "
+        f"{choice.scores['full_psnr']:.2f} dB, SSIM {choice.scores['full_ssim']:.4f}); see sweep.md.\n"
+        "Use it with: cwdm infer DATA OUT --weights <the weights swept> --parameters recommended.yaml"
+    )
+    return write_atomic(path, setting.parameters_yaml(comment))
+
+
+def _timing_notes(rows: Sequence[dict[str, str]]) -> list[str]:
+    """The paragraph on how the times were taken, with a warning where the machine was busy."""
+    others = [float(row["other_cores"]) for row in rows if row.get("other_cores")]
+    runs = [len(row["seconds_runs"].split()) for row in rows if row.get("seconds_runs")]
+    if not others:
+        return []
+    cpus = os.cpu_count() or 1
+    busy = [value for value in others if value > BUSY_SHARE * cpus]
+    notes = [
+        "## Timing",
+        "",
+        f"Each time is the median of {min(runs)} to {max(runs)} runs of the synthesis, taken with no scoring "
+        f"beside it; other processes kept {min(others):.2f} to {max(others):.2f} of the {cpus} cores busy "
+        "meanwhile (`other_cores` in sweep.csv).",
+        "",
+    ]
+    if busy:
+        notes += [
+            f"**Warning**: {len(busy)} of {len(others)} syntheses were timed while other processes kept more "
+            f"than {BUSY_SHARE:.0%} of the cores busy: their times are not to be trusted; rerun them on a "
+            "quiet machine (delete their rows from sweep.csv).",
+            "",
+        ]
+    return notes
+
+
 def write_report(
     rows: Sequence[dict[str, str]], out_dir: Path, title: str
 ) -> tuple[Path, Path, SettingSummary]:
@@ -659,7 +765,8 @@ def write_report(
     settings measured on all of its cases and targets; the others are listed with what they were
     measured on. With ``baselines.csv`` in ``out_dir`` (a sweep with a segmenter), the real case and the
     copy baselines of the same cases are tabled and drawn beside the settings, and the recommendation
-    also holds the Dice. Returns the table, the plot and the recommended setting over all targets."""
+    also holds the Dice; ``recommended.yaml``, that setting as a ``parameters.yaml``. Returns the table,
+    the plot and the recommended setting over all targets."""
     out_dir = Path(out_dir)
     baselines = read_rows(out_dir / BASELINES_NAME)
     overall = summarise(comparable(rows))
@@ -716,6 +823,8 @@ def write_report(
         f"- missing {target}: `{pick.setting}` ({pick.seconds:.1f} s a case)" for target, pick in per_target
     ]
     parts.append("")
+    parts += _timing_notes(rows)
     table = write_atomic(out_dir / "sweep.md", "\n".join(parts))
+    write_recommended(choice, out_dir / RECOMMENDED_NAME, title)
     picture = plot(overall, out_dir / "sweep.png", title, references)
     return table, picture, choice

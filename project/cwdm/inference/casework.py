@@ -22,6 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..cases.contract import contract_warnings
 from ..cases.discovery import Case
 from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, PostprocessName, normalise
 from ..cases.reader import check_same_grid, read_case_file, read_segmentation
@@ -111,7 +112,8 @@ def prepare_case(
         reference=volumes[0],
         output=Path(out_dir) / case.output_name(target),
         elapsed_s=elapsed_s,
-        warnings=_blank_inputs(case, order, volumes, [task.blank for task in done], postprocess),
+        warnings=_blank_inputs(case, order, volumes, [task.blank for task in done], postprocess)
+        + _contract(case, order, volumes),
         stages_s={
             "read": sum(task.stages_s["read"] for task in done),
             "preprocess": sum(task.stages_s["preprocess"] for task in done),
@@ -146,6 +148,14 @@ def _read_and_normalise(case: Case, seq: MRISequence, multiple: int) -> _Sequenc
         not values.any(),
         {"read": read_s, "preprocess": time.perf_counter() - start - read_s},
     )
+
+
+def _contract(case: Case, order: Sequence[MRISequence], volumes: Sequence[Volume]) -> tuple[str, ...]:
+    """Warnings for inputs that do not look BraTS-preprocessed (:mod:`cwdm.cases.contract`)."""
+    notes = contract_warnings([str(seq) for seq in order], volumes)
+    for note in notes:
+        log.warning("%s: %s", case.case_id, note)
+    return notes
 
 
 def _blank_inputs(

@@ -115,26 +115,31 @@ def _save_sheet(report: RunReport, qc_dir: Path) -> None:
     entries = []
     for result in report.cases:
         preview = preview_name(result.case_id, result.target) if result.target is not None else None
+        has_preview = preview is not None and (qc_dir / preview).is_file()
+        notes = result.warnings
+        if result.status == "skipped" and not has_preview:  # written by an earlier run without --qc
+            notes += (f"written before this run: cwdm qc {report.out_dir} DATA {qc_dir} draws its preview",)
         entries.append(
             SheetEntry(
                 case_id=result.case_id,
                 target=None if result.target is None else str(result.target),
                 status=result.status,
-                preview=preview if preview is not None and (qc_dir / preview).is_file() else None,
+                preview=preview if has_preview else None,
                 elapsed_s=result.elapsed_s if result.status == "written" else None,
                 uncertainty=result.uncertainty,
                 error=result.error,
-                notes=result.warnings,
+                notes=notes,
             )
         )
     settings = report.settings
     meta = (
-        f"{report.counts_text()} in {report.elapsed_s:.1f} s on {report.runtime.device} "
+        f"{report.elapsed_s:.1f} s on {report.runtime.device} "
         f"({report.runtime.precision}); {settings.sampler} {settings.steps_label} ({settings.spacing}), "
         f"{settings.samples} draw(s) a case, seed {settings.seed}; output folder {report.out_dir}"
     )
     try:
-        write_sheet(qc_dir / SHEET_NAME, entries, f"cwdm infer: {report.out_dir.name}", meta)
+        weights = ", ".join(sorted({str(Path(path).parent) for path in report.models.values()}))
+        write_sheet(qc_dir / SHEET_NAME, entries, f"cwdm infer: {report.out_dir.name}", meta, weights=weights)
     except OSError as exc:
         log.error("cannot write the contact sheet in %s (%s)", qc_dir, exc)
 

@@ -5,16 +5,20 @@ has a segmentation, else the centre of the brain (the centroid of the first cond
 voxels). Columns are the three present sequences, the synthesis, and, when there is one, the ground truth
 (``cwdm qc`` on complete cases) and the uncertainty map (``samples`` > 1). Every intensity volume is shown
 on the same scale: values in [0, 1] after the training normalisation (the synthesis is already on it),
-grey from 0 to 1. The uncertainty map (voxel-wise standard deviation of the draws) has its own colour
-scale, 0 to its 99.5th percentile inside the brain, with a colour bar. Where a segmenter ran
+grey from 0 to 1. The uncertainty map (voxel-wise standard deviation of the draws) and the difference
+map (|synthesis - truth|) have colour scales of their own, fixed across cases (0 to
+:data:`UNCERTAINTY_SCALE` and :data:`DIFFERENCE_SCALE`), so that two cards compare at a glance, with a
+colour bar. Where a segmenter ran
 (``cwdm qc --segmenter``), a panel carries the outline of a segmentation: on the synthesis, that of the
 case completed with it; on the truth, that of the real complete case; the BraTS regions in three colours
 (:data:`OUTLINE_COLOURS`), so a reader sees what the synthesis does to the tumour.
 
 The volumes are turned to the RAS+ orientation of their affine first, and shown in the neurological
-convention (patient's right on the right of the picture, anterior and superior up), with the letters on
-the panels. Drawn with matplotlib's object API on the Agg canvas (no display and no pyplot state, so the
-writer thread may draw while the main thread samples); written atomically.
+convention (patient's right on the right of the picture, anterior and superior up) or, with
+``convention="radiological"``, as radiologists read them (patient's right on the left), with the letters
+and the convention's name on the panels. Drawn with matplotlib's object API on the Agg canvas (no
+display and no pyplot state, so the writer thread may draw while the main thread samples); written
+atomically.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ _PLANES = (
 )
 
 
+#: The top of the uncertainty map's colour scale (sd of the draws, intensities in [0, 1]), the same for
+#: every case; larger values show in the top colour.
+UNCERTAINTY_SCALE = 0.1
+#: The top of the difference map's colour scale (|synthesis - truth|, intensities in [0, 1]).
+DIFFERENCE_SCALE = 0.3
+#: The display conventions: where the patient's right is in axial and coronal panels.
+CONVENTIONS = ("neurological", "radiological")
+
 #: Region -> outline colour (whole tumour, tumour core, enhancing tumour), drawn in this order.
 OUTLINE_COLOURS = {"wt": "#3c3", "tc": "#f44", "et": "#fd0"}
 
@@ -53,7 +65,8 @@ class Panel:
         label: Shown above the column (``t1n``, ``t2f (synthesised)``, ``uncertainty (sd)``).
         volume: ``(X, Y, Z)`` on the case's grid; intensities in [0, 1] (the grey scale), or the
             uncertainty map when ``colour`` is set.
-        colour: Draw with the uncertainty colour map and its own scale instead of grey 0..1.
+        colour: Draw with a colour map on ``scale`` instead of grey 0..1 (uncertainty, difference).
+        scale: The top of a colour panel's scale (default :data:`UNCERTAINTY_SCALE`).
         outline: ``(X, Y, Z)`` canonical tumour labels to outline on the panel (1 NCR, 2 ED, 3 ET,
             4 RC; :mod:`cwdm.segmentation.labels`), or None.
     """
@@ -62,6 +75,7 @@ class Panel:
     volume: np.ndarray
     colour: bool = False
     outline: np.ndarray | None = None
+    scale: float = UNCERTAINTY_SCALE
 
 
 def centre_of(mask: np.ndarray) -> tuple[int, int, int]:
@@ -96,6 +110,7 @@ def render_preview(
     affine: np.ndarray,
     centre_mask: np.ndarray,
     title: str,
+    convention: str = "neurological",
 ) -> Path:
     """Draw ``panels`` in three planes through the centroid of ``centre_mask`` and write a PNG.
 
@@ -105,10 +120,14 @@ def render_preview(
         affine: The grid's voxel-to-world affine (for the orientation).
         centre_mask: ``(X, Y, Z)`` the region to centre the planes on (tumour, else brain).
         title: The line above the picture.
+        convention: ``neurological`` (patient's right on the right) or ``radiological`` (on the left).
 
     Returns:
         ``path``.
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"display convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
+    radiological = convention == "radiological"
     from matplotlib.figure import Figure  # here, not at the top: matplotlib loads only when QC draws
 
     oriented = [_to_ras(panel.volume, affine) for panel in panels]
@@ -130,32 +149,42 @@ def render_preview(
     axes = figure.subplots(len(_PLANES), len(panels), squeeze=False)
     figure.subplots_adjust(left=0.03, right=0.93, top=0.9, bottom=0.02, wspace=0.04, hspace=0.12)
     for column, (panel, volume) in enumerate(zip(panels, oriented, strict=True)):
-        vmax = 1.0
-        if panel.colour:
-            inside = volume[volume > 0]
-            vmax = float(np.percentile(inside, 99.5)) if inside.size else 1.0
-            vmax = vmax if vmax > 0 else 1.0
+        vmax = panel.scale if panel.colour else 1.0
         for row, (name, axis, letters) in enumerate(_PLANES):
             ax = axes[row][column]
-            plane = np.take(volume, centre[axis], axis=axis)
+            # Left-right flipped in the radiological convention (axial, coronal; sagittal has no L/R).
+            flip = radiological and axis != 0
+            plane = np.rot90(np.take(volume, centre[axis], axis=axis))
             image = ax.imshow(
-                np.rot90(plane),
+                plane[:, ::-1] if flip else plane,
                 cmap="magma" if panel.colour else "gray",
                 vmin=0.0,
                 vmax=vmax,
                 interpolation="nearest",
             )
             if outlines[column] is not None:
-                _draw_outline(ax, np.take(outlines[column], centre[axis], axis=axis))
+                _draw_outline(ax, np.take(outlines[column], centre[axis], axis=axis), flip)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_facecolor("black")
             left, right, bottom, top = letters
+            if flip:
+                left, right = right, left
             style = {"color": "yellow", "fontsize": 7, "transform": ax.transAxes}
             ax.text(0.02, 0.5, left, va="center", **style)
             ax.text(0.93, 0.5, right, va="center", **style)
             ax.text(0.5, 0.02, bottom, ha="center", **style)
             ax.text(0.5, 0.90, top, ha="center", **style)
+            if axis != 0:  # the convention, named on every panel it applies to
+                ax.text(
+                    0.98,
+                    0.02,
+                    convention[:5] + ".",
+                    ha="right",
+                    color="#8cf",
+                    fontsize=5,
+                    transform=ax.transAxes,
+                )
             if row == 0:
                 ax.set_title(panel.label, color="white", fontsize=8)
             if column == 0:
@@ -167,15 +196,22 @@ def render_preview(
         title += "  |  tumour outlines: " + ", ".join(r.upper() for r in OUTLINE_COLOURS)
         for offset, (region, colour) in enumerate(OUTLINE_COLOURS.items()):
             figure.text(0.03 + 0.045 * offset, 0.005, region.upper(), color=colour, fontsize=7, weight="bold")
-    figure.suptitle(title, color="white", fontsize=8)
+    figure.suptitle(
+        f"{title}  |  {convention} convention (patient's right on the {'left' if radiological else 'right'})"
+        "  |  SYNTHETIC, not for diagnosis",
+        color="white",
+        fontsize=8,
+    )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, facecolor="black")
     return write_atomic(Path(path), buffer.getvalue())
 
 
-def _draw_outline(ax, labels: np.ndarray) -> None:
-    """Contour each BraTS region of the 2-D label slice ``labels`` on ``ax`` (nothing for an absent one)."""
+def _draw_outline(ax, labels: np.ndarray, flip: bool = False) -> None:
+    """Contour each BraTS region of the 2-D label slice ``labels`` on ``ax`` (nothing for an absent one),
+    left-right flipped as its image is."""
     for region, colour in OUTLINE_COLOURS.items():
         inside = region_mask(labels, region)
         if inside.any() and not inside.all():
-            ax.contour(np.rot90(inside.astype(np.float32)), levels=[0.5], colors=colour, linewidths=0.7)
+            plane = np.rot90(inside.astype(np.float32))
+            ax.contour(plane[:, ::-1] if flip else plane, levels=[0.5], colors=colour, linewidths=0.7)

@@ -16,9 +16,12 @@ segmentation) and against the case's ``-seg`` ground truth where it has one.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from ..cases.discovery import Case, discover_cases
 from ..cases.preprocessing import normalise
@@ -33,7 +36,7 @@ from ..segmentation.labels import (
     to_canonical,
 )
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
-from .previews import Panel, render_preview
+from .previews import DIFFERENCE_SCALE, Panel, render_preview
 from .sheet import SHEET_NAME, SheetEntry, write_sheet
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ def qc_folder(
     *,
     on_case: Callable[[SheetEntry], None] | None = None,
     segmenter: Segmenter | None = None,
+    convention: str = "neurological",
+    weights: str = "",
 ) -> list[SheetEntry]:
     """Draw a preview of every prediction of ``pred_dir`` into ``qc_dir`` and write its contact sheet.
 
@@ -57,6 +62,8 @@ def qc_folder(
         qc_dir: Receives ``<case>-<seq>.png`` and ``index.html``; created if needed.
         on_case: Called with each entry as soon as it is known.
         segmenter: Outline the tumour it finds in the completed (and the real) case on the previews.
+        convention: The previews' display convention (:data:`cwdm.qc.previews.CONVENTIONS`).
+        weights: The weights that made the predictions, for the sheet's header (when known).
 
     Returns:
         The sheet's entries, in case order, then predictions that match no case.
@@ -89,7 +96,7 @@ def qc_folder(
             target = case.missing[0] if case.expects_synthesis else None
             add(SheetEntry(case.case_id, None if target is None else str(target), "missing"))
         for target, path in found:
-            add(_preview_entry(case, target, path, qc_dir, segmenter))
+            add(_preview_entry(case, target, path, qc_dir, segmenter, convention))
     for case_id, found in predictions.items():
         for target, path in found:
             add(
@@ -101,13 +108,23 @@ def qc_folder(
                 )
             )
     write_sheet(
-        qc_dir / SHEET_NAME, entries, f"cwdm qc: {pred_dir.name}", f"predictions {pred_dir}; cases {data_dir}"
+        qc_dir / SHEET_NAME,
+        entries,
+        f"cwdm qc: {pred_dir.name}",
+        f"predictions {pred_dir}; cases {data_dir}",
+        weights=weights,
+        convention=convention,
     )
     return entries
 
 
 def _preview_entry(
-    case: Case, target: MRISequence, path: Path, qc_dir: Path, segmenter: Segmenter | None
+    case: Case,
+    target: MRISequence,
+    path: Path,
+    qc_dir: Path,
+    segmenter: Segmenter | None,
+    convention: str = "neurological",
 ) -> SheetEntry:
     try:
         order = [seq for seq in condition_order(target) if seq in case.files]
@@ -139,10 +156,15 @@ def _preview_entry(
                     ceiling = region_dice(real_labels, truth)
                     scores.append(("real case vs truth", _dice_text(ceiling)))
         panels = [Panel(str(seq), normalise(volume.data)) for seq, volume in zip(order, inputs, strict=True)]
-        panels.append(Panel(f"{target} (prediction)", normalise(prediction.data), outline=completed_labels))
+        synthesis = normalise(prediction.data)
+        panels.append(Panel(f"{target} (prediction)", synthesis, outline=completed_labels))
         if target in case.files:
-            truth_volume = normalise(read_sequences(case, [target])[0].data)
+            truth_raw = read_sequences(case, [target])[0].data
+            truth_volume = normalise(truth_raw)
             panels.append(Panel(f"{target} (truth)", truth_volume, outline=real_labels))
+            difference = np.abs(synthesis - truth_volume)
+            panels.append(Panel("|prediction - truth|", difference, colour=True, scale=DIFFERENCE_SCALE))
+            scores = [*_image_scores(synthesis, truth_volume, truth_raw != 0), *scores]
         centre = seg > 0 if seg is not None and (seg > 0).any() else panels[0].volume > 0
         name = f"{case.case_id}-{target}.png"
         render_preview(
@@ -151,11 +173,25 @@ def _preview_entry(
             inputs[0].affine,
             centre,
             f"{case.case_id}: {target} from {', '.join(order)}",
+            convention,
         )
     except (CaseError, OSError, ValueError) as exc:
         log.error("%s: no preview: %s", case.case_id, exc)
         return SheetEntry(case.case_id, str(target), "failed", error=str(exc))
-    return SheetEntry(case.case_id, str(target), "present", preview=name, scores=tuple(scores))
+    return SheetEntry(case.case_id, str(target), "previewed", preview=name, scores=tuple(scores))
+
+
+def _image_scores(synthesis: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> list[tuple[str, str]]:
+    """PSNR and MSE of the full volume and the brain, both volumes in [0, 1] (data range 1); the
+    complete scores, SSIM among them, are ``cwdm evaluate``'s."""
+    rows = []
+    for region, mask in (("full", np.ones_like(brain)), ("brain", brain)):
+        if not mask.any():
+            continue
+        mse = float(np.mean((synthesis[mask] - truth[mask]) ** 2))
+        psnr = math.inf if mse == 0 else -10.0 * math.log10(mse)
+        rows.append((f"PSNR / MSE ({region})", f"{psnr:.2f} dB / {mse:.5f}"))
+    return rows
 
 
 def _dice_text(scores: RegionDice) -> str:

@@ -50,7 +50,8 @@ class HuggingFaceHub:
             import huggingface_hub
         except ImportError as exc:
             raise CwdmError(
-                "fetching weights needs the huggingface_hub package: pip install 'cwdm-brasyn[hub]'"
+                "fetching weights needs the huggingface_hub package: pip install huggingface_hub (or, "
+                "in a source checkout, pip install -e '.[hub]')"
             ) from exc
         self._hub = huggingface_hub
 

@@ -1,0 +1,101 @@
+"""QC that a radiologist reads: the display convention (flipped and named), colour scales fixed across
+cases, the difference map and scores where the truth exists, the sheet's header and notice."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.axes import Axes
+
+from cwdm.qc.previews import DIFFERENCE_SCALE, UNCERTAINTY_SCALE, Panel, render_preview
+from cwdm.qc.run import _image_scores
+from cwdm.qc.sheet import NOT_FOR_DIAGNOSIS, SheetEntry, write_sheet
+from cwdm.version import __version__
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, convention: str, panels: list[Panel]) -> list:
+    shown: list[tuple[np.ndarray, dict]] = []
+    real = Axes.imshow
+
+    def imshow(self, image, **kwargs):  # type: ignore[no-untyped-def]
+        shown.append((np.asarray(image), kwargs))
+        return real(self, image, **kwargs)
+
+    monkeypatch.setattr(Axes, "imshow", imshow)
+    mask = panels[0].volume > 0
+    render_preview(tmp_path / f"{convention}.png", panels, np.eye(4), mask, "case", convention)
+    return shown
+
+
+def test_the_radiological_convention_puts_the_patients_right_on_the_left(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    volume = np.zeros((20, 20, 20))
+    volume[4:16, 4:16, 4:16] = 0.3
+    volume[14:16, 8:12, 8:12] = 1.0  # a bright spot on the patient's right (RAS: high x)
+    axial = {}
+    for convention in ("neurological", "radiological"):
+        image = _drawn(monkeypatch, tmp_path, convention, [Panel("t1n", volume)])[0][0]
+        axial[convention] = int(np.argwhere(image == 1.0)[:, 1].mean())  # column of the spot
+    assert axial["neurological"] > 10 > axial["radiological"]
+    with pytest.raises(ValueError, match="radiological"):
+        render_preview(tmp_path / "x.png", [Panel("t1n", volume)], np.eye(4), volume > 0, "c", "upside")
+
+
+def test_colour_scales_are_fixed_across_cases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    base = np.zeros((16, 16, 16))
+    base[3:13, 3:13, 3:13] = 0.5
+    tops = []
+    for spread in (0.01, 0.5):  # a calm and a wild case: the same scale
+        panels = [Panel("t1n", base), Panel("sd", base * spread, colour=True)]
+        shown = _drawn(monkeypatch, tmp_path, "neurological", panels)
+        tops.append({kwargs["vmax"] for _, kwargs in shown if kwargs["cmap"] != "gray"})
+    assert tops == [{UNCERTAINTY_SCALE}, {UNCERTAINTY_SCALE}]
+    assert Panel("d", base, colour=True, scale=DIFFERENCE_SCALE).scale == DIFFERENCE_SCALE
+
+
+def test_card_scores_match_psnr_by_hand() -> None:
+    truth = np.zeros((10, 10, 10))
+    truth[2:8, 2:8, 2:8] = 0.8
+    synthesis = truth.copy()
+    synthesis[2:8, 2:8, 2:5] = 0.6  # off by 0.2 in half the brain
+    rows = dict(_image_scores(synthesis, truth, truth != 0))
+    brain_mse = 0.5 * 0.2**2
+    assert rows["PSNR / MSE (brain)"] == f"{-10 * math.log10(brain_mse):.2f} dB / {brain_mse:.5f}"
+    full_mse = 108 * 0.2**2 / 1000
+    assert rows["PSNR / MSE (full)"] == f"{-10 * math.log10(full_mse):.2f} dB / {full_mse:.5f}"
+
+
+def test_the_sheet_header_names_version_weights_date_and_the_notice(tmp_path: Path) -> None:
+    entries = [SheetEntry("BraTS-GLI-00001-000", "t2f", "written"), SheetEntry("B", "t1n", "written")]
+    page = write_sheet(
+        tmp_path / "index.html", entries, "cwdm infer: out", "1.0 s on cpu", weights="weights/demo"
+    ).read_text()
+    assert NOT_FOR_DIAGNOSIS in page
+    assert f"cwdm {__version__}; weights: weights/demo;" in page
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC; neurological convention", page)
+    assert page.count("2 written") == 1  # not repeated by the run's summary line
+
+
+def test_previews_say_synthetic_and_name_the_convention(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from matplotlib.figure import Figure  # previews imports it lazily, from this module
+
+    titles: list[str] = []
+    real = Figure.suptitle
+
+    def suptitle(self, text, **kwargs):  # type: ignore[no-untyped-def]
+        titles.append(text)
+        return real(self, text, **kwargs)
+
+    monkeypatch.setattr(Figure, "suptitle", suptitle)
+    volume = np.zeros((12, 12, 12))
+    volume[3:9, 3:9, 3:9] = 0.5
+    render_preview(tmp_path / "p.png", [Panel("t1n", volume)], np.eye(4), volume > 0, "c", "radiological")
+    assert "radiological convention (patient's right on the left)" in titles[0]
+    assert "SYNTHETIC, not for diagnosis" in titles[0]
