@@ -37,6 +37,21 @@ def test_the_recommendation_holds_the_dice_of_every_region() -> None:
     assert recommend([_summary("a", 1.0, 25.0, float("nan"))]).setting == "a"  # no Dice measured: PSNR/SSIM
 
 
+def test_a_recommendation_when_no_setting_is_within_every_tolerance() -> None:
+    # The best PSNR and the best ET Dice come from different settings, each far from the other's best:
+    # nothing is within every tolerance, so the one falling least short (in tolerances) is chosen.
+    summaries = [
+        _summary("best-psnr", 1.0, 27.0, 0.40),  # ET 0.30 short: 15 tolerances
+        _summary("best-et", 9.0, 25.0, 0.70),  # PSNR 2 dB short: 4 tolerances
+        _summary("between", 5.0, 26.0, 0.62),  # 2 tolerances of PSNR, 4 of ET
+        _summary("also-between", 3.0, 26.0, 0.62),
+    ]
+    assert recommend(summaries).setting == "also-between"  # worst shortfall 4 tolerances, and faster
+    # Within every tolerance again, the fastest of those within wins, however short the others fall:
+    assert recommend(summaries, psnr_tolerance=1.0, dice_tolerance=0.1).setting == "also-between"
+    assert recommend(summaries, psnr_tolerance=5.0).setting == "best-et"  # the only one within 0.02 ET
+
+
 @pytest.fixture
 def segmented_cases(tmp_path: Path) -> tuple[Path, Path, Path]:
     cases = tmp_path / "cases"
