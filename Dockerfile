@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# cwdm-brasyn: the BraSyn MLCube / MedPerf image (README, "Building and testing the image").
+# cwdm-brasyn: the BraSyn MLCube / MedPerf image (docs/IMAGE.md, "Building and testing the image").
 #
 #   docker build -t cwdm-brasyn:0.1.0 .
 #

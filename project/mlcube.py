@@ -1,5 +1,5 @@
 """Entry point of the cwdm-brasyn image (its ENTRYPOINT is ``python3 /opt/cwdm/project/mlcube.py``), for
-every way BraSyn entries are run (README, "Where it runs"):
+every way BraSyn entries are run (docs/DEPLOYMENT.md, "Where it runs"):
 
 1. No arguments at all (BraSyn 2025, the ``brats`` package's entries after 2024, plain ``docker run``):
    cases from ``/input``, predictions to ``/output``, both mounted. Without both folders it prints how

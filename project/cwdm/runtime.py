@@ -1,7 +1,7 @@
 """Where and how inference runs: the concrete device, the network's autocast precision, and the
 per-case random generators.
 
-This is the only module of the package that asks whether CUDA exists. Resolution rules (README,
+This is the only module of the package that asks whether CUDA exists. Resolution rules (docs/USAGE.md,
 "Parameters"):
 
 - ``device: auto`` is ``cuda`` (the current CUDA device) when PyTorch sees a GPU, else ``cpu``;

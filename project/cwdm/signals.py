@@ -1,4 +1,4 @@
-"""Turning SIGINT and SIGTERM into a clean stop of a run (README, "Bad inputs and faults").
+"""Turning SIGINT and SIGTERM into a clean stop of a run (docs/USAGE.md, "Bad inputs and faults").
 
 ``docker stop``, MedPerf and batch schedulers end a container with SIGTERM (then SIGKILL after a grace
 period); a person presses Ctrl-C (SIGINT). Python's default for SIGTERM ends the process on the spot,

@@ -10,7 +10,7 @@ Environment variables (all optional):
     CWDM_TEST_TORCH_INDEX    extra index for torch when the base lacks it, e.g. PyTorch's CPU index.
 
 With podman the build reaches no package index: pip installs from a wheelhouse that the host's pip fills
-and the build mounts read-only (README, "Building and testing the image"). With docker the build uses
+and the build mounts read-only (docs/IMAGE.md, "Building and testing the image"). With docker the build uses
 the network.
 """
 

@@ -1,5 +1,5 @@
 """Bad case folders and bad volume files, next to good cases: each bad input ends in one clear error
-naming its case and file (stderr, report, summary table), or is handled as documented (README, "Bad
+naming its case and file (stderr, report, summary table), or is handled as documented (docs/USAGE.md, "Bad
 inputs"); the good cases are written exactly as in a clean run; nothing in the data folder changes.
 
 Unreadable files: the tests run as root, for whom chmod 000 changes nothing, so unreadability is made

@@ -4,7 +4,7 @@ that is missing (REFERENCE.md section 7).
 A case folder ``BraTS-GLI-01666-000`` holds ``BraTS-GLI-01666-000-<seq>.nii.gz`` (or ``.nii``) for three
 of the four sequences. Other entries (a ``-seg`` file, hidden files, notes, sub-folders) are ignored.
 Problems found here are kept on the :class:`Case` and raised as :class:`cwdm.CaseError` when its target
-is asked for, so that one bad folder never stops the discovery of the others. Problems (README, "Bad
+is asked for, so that one bad folder never stops the discovery of the others. Problems (docs/USAGE.md, "Bad
 inputs and faults"): a sequence file of another case (its prefix differs from the folder name), two
 files for one sequence, a sequence name that is not a regular file (a directory, a FIFO, a broken or
 looping symbolic link), a case folder that cannot be listed, and a symbolic link in the data folder

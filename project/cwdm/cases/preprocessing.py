@@ -5,7 +5,7 @@ Preprocessing reproduces the published data loader (REFERENCE.md section 1): eac
 0.1 and 99.9 percentiles of the whole volume (background included) and min-max scaled to [0, 1]. On the
 BraTS grid (240 x 240 x 155) the network sees the published 224 x 224 x 160 layout: 8 voxels cropped from
 each side of the two 240 axes, the last axis zero-padded after index 154. Other grids are zero-padded
-after each axis to the next size the network accepts, so nothing is cropped from them (README, "Running
+after each axis to the next size the network accepts, so nothing is cropped from them (docs/USAGE.md, "Running
 inference").
 """
 

@@ -4,7 +4,7 @@
 Values are read as float64 (nibabel ``get_fdata``, so scl_slope/inter apply), as the published data
 loader does (REFERENCE.md section 1).
 
-What :func:`read_volume` accepts (README, "Bad inputs and faults"): NIfTI-1 or NIfTI-2, gzipped or
+What :func:`read_volume` accepts (docs/USAGE.md, "Bad inputs and faults"): NIfTI-1 or NIfTI-2, gzipped or
 not, any real data type (integers, floats) with the header's scl_slope/scl_inter applied, 3D or 4D/5D
 with trailing axes of length 1. It refuses, with a :class:`VolumeError` saying why: anything that is
 not a regular file (a directory, a FIFO that would block a reader forever, a device), a corrupt,

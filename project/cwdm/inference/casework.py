@@ -1,7 +1,7 @@
 """One case, before and after sampling: read and preprocess its present sequences into the network's
 condition (:func:`prepare_case`), and turn a sampled volume into its output file (:func:`write_prediction`).
 
-Before (README, "Running inference"): read the three present sequences in :func:`cwdm.condition_order`
+Before (docs/USAGE.md, "Running inference"): read the three present sequences in :func:`cwdm.condition_order`
 through :func:`cwdm.cases.reader.read_sequences` (one grid, or a :class:`cwdm.errors.GeometryError`), clip
 and scale each as in training (:func:`cwdm.cases.preprocessing.normalise`) and lay it out for the network
 (:class:`cwdm.cases.preprocessing.NetworkLayout`). After: refuse non-finite values, post-process (brain

@@ -1,6 +1,6 @@
 """The fast inference path: one prepared denoiser callable ``(x, t) -> x0`` for the sampler.
 
-What it does (README, "Speed"; measurements in docs/PERFORMANCE.md):
+What it does (docs/USAGE.md, "Speed"; measurements in docs/PERFORMANCE.md):
 
 - Always: ``torch.inference_mode()`` around the call, parameters frozen (``requires_grad`` off), the
   output returned as a contiguous float32 tensor, so the sampler state stays float32 whatever the network

@@ -59,7 +59,7 @@ def run_folder(
     """Synthesise the missing sequence of every case of ``data_dir`` into ``out_dir``; save the report.
 
     Args:
-        data_dir: One sub-folder per case (README, "Running inference").
+        data_dir: One sub-folder per case (docs/USAGE.md, "Running inference").
         out_dir: Receives ``<case>-<missing seq>.nii.gz`` and nothing else.
         weights_dir: One checkpoint per target plus ``model.yaml``.
         params: The run parameters, already merged with any command-line options.
