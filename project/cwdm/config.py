@@ -54,7 +54,8 @@ class RunParameters(_Strict):
         timestep_spacing: Which timesteps respaced sampling keeps: ``linspace`` (published) or
             ``trailing`` (one or two steps need it); ``None`` takes the model's default.
         samples: Draws per case; with more than one the output is their voxel-wise mean and their
-            voxel-wise standard deviation is the uncertainty map (docs/USAGE.md, "QC previews and uncertainty").
+            voxel-wise standard deviation is the uncertainty map (docs/USAGE.md, "QC previews and
+            uncertainty").
         seed: Seed of each case's generator: same seed, same device -> same output.
         device: ``auto`` picks CUDA when available.
         precision: Network arithmetic; ``auto`` is bf16 on a GPU that supports it, else fp32.

@@ -553,8 +553,9 @@ def recommend(
     of the best measured for that region.
 
     The bests may come from different settings, so that no setting is within every tolerance (on two
-    held-out cases, t1c's best PSNR came from 1 step and its best TC and ET Dice from 10, 0.9 dB lower). Then the setting
-    that falls least short (:func:`shortfalls`) is the one recommended, the fastest of those if tied.
+    held-out cases, t1c's best PSNR came from 1 step and its best TC and ET Dice from 10, 0.9 dB
+    lower). Then the setting that falls least short (:func:`shortfalls`) is the one recommended, the
+    fastest of those if tied.
     """
     short = shortfalls(summaries, psnr_tolerance, ssim_tolerance, dice_tolerance)
     good = [s for s in summaries if short[s.setting] <= 1.0]

@@ -13,8 +13,8 @@ weights directory stop the run before any case (:class:`cwdm.ConfigError`, :clas
 as does an output folder that overlaps the inputs or is not writable (:mod:`cwdm.inference.outputs`). A
 batch that runs out of device memory is sampled again at half the size, down to one case
 (:class:`cwdm.errors.DeviceMemoryError` then). A stop requested by a signal (:mod:`cwdm.signals`) or
-Ctrl-C ends the run with :class:`cwdm.errors.Interrupted`, which carries the report so far (docs/USAGE.md, "Bad
-inputs and faults").
+Ctrl-C ends the run with :class:`cwdm.errors.Interrupted`, which carries the report so far
+(docs/USAGE.md, "Bad inputs and faults").
 
 Results are recorded in the same deterministic order whichever thread or process produced them. The
 library never prints: progress is reported through the ``on_case`` and ``on_step`` callbacks.
@@ -132,7 +132,8 @@ class Synthesizer:
         here on the CPU (to check them) and again by each worker.
 
         Args:
-            weights_dir: One checkpoint per target plus an optional ``model.yaml`` (docs/WEIGHTS.md, "Weights").
+            weights_dir: One checkpoint per target plus an optional ``model.yaml``
+                (docs/WEIGHTS.md).
             params: The run parameters (parameters.yaml).
             targets: The targets the cases need (see :func:`cwdm.needed_targets`).
             throughput: Background I/O and worker devices (default: see the constructor).
