@@ -99,3 +99,31 @@ def test_previews_say_synthetic_and_name_the_convention(
     render_preview(tmp_path / "p.png", [Panel("t1n", volume)], np.eye(4), volume > 0, "c", "radiological")
     assert "radiological convention (patient's right on the left)" in titles[0]
     assert "SYNTHETIC, not for diagnosis" in titles[0]
+
+
+def test_card_scores_are_cwdm_evaluates(tmp_path: Path) -> None:
+    # A prediction that is right in shape but too bright overall (a level error, as the demo t1c has):
+    # scoring it after a second normalisation would hide the error; the card must say what evaluate says.
+    import nibabel as nib
+
+    from cwdm.cases.preprocessing import normalise
+    from cwdm.evaluation.evaluate import score_prediction
+    from cwdm.qc.run import qc_folder
+
+    from .segmentation.synthetic import write_case_folder
+
+    case_id = "BraTS-GLI-00001-000"
+    folder = write_case_folder(tmp_path / "cases", case_id, seed=3)
+    truth_file = folder / f"{case_id}-t1c.nii.gz"
+    truth = nib.load(truth_file)
+    values = normalise(np.asarray(truth.dataobj, dtype=np.float64))
+    brighter = np.where(values > 0, 0.3 + 0.5 * values, 0).astype(np.float32)  # at most 0.8
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    prediction = pred_dir / f"{case_id}-t1c.nii.gz"
+    nib.save(nib.Nifti1Image(brighter, truth.affine), prediction)
+
+    entries = qc_folder(pred_dir, tmp_path / "cases", tmp_path / "qc")
+    card = dict(entries[0].scores)
+    expected = score_prediction(prediction, truth_file, case_id).regions["full"]
+    assert card["PSNR / MSE (full)"] == f"{expected.psnr:.2f} dB / {expected.mse:.5f}"

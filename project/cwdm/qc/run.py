@@ -156,7 +156,9 @@ def _preview_entry(
                     ceiling = region_dice(real_labels, truth)
                     scores.append(("real case vs truth", _dice_text(ceiling)))
         panels = [Panel(str(seq), normalise(volume.data)) for seq, volume in zip(order, inputs, strict=True)]
-        synthesis = normalise(prediction.data)
+        # As stored, not normalised again: the scores are then cwdm evaluate's, and a prediction's
+        # error of overall level (too bright, too dark) shows in the panel and the difference map.
+        synthesis = np.asarray(prediction.data, dtype=np.float32)
         panels.append(Panel(f"{target} (prediction)", synthesis, outline=completed_labels))
         if target in case.files:
             truth_raw = read_sequences(case, [target])[0].data
