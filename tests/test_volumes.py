@@ -269,3 +269,22 @@ def test_real_case_sequences_share_one_grid(tmp_path: Path) -> None:
     loaded = [read_volume(p) for p in sorted(copy.glob("*-t*.nii.gz"))]
     assert len(loaded) == 3
     assert all(same_grid(loaded[0], other) for other in loaded[1:])
+
+
+@pytest.mark.parametrize(("shape", "multiple"), [((240, 240, 155), 32), ((26, 20, 14), 4), ((17, 33, 8), 16)])
+def test_layout_into_a_buffer_is_the_padded_copy(shape: tuple[int, int, int], multiple: int) -> None:
+    # Written into one channel of a C-order buffer holding garbage, from a Fortran-order volume (as
+    # nibabel reads it): the same values as np.pad's fresh array, every padded voxel overwritten.
+    layout = NetworkLayout.for_shape(shape, multiple)
+    volume = np.asfortranarray(np.random.default_rng(3).random(shape).astype(np.float32))
+    buffer = np.full((2, *layout.network_shape), np.nan, dtype=np.float32)
+    written = layout.to_network(volume, out=buffer[1])
+    assert written is buffer[1] or np.shares_memory(written, buffer)
+    np.testing.assert_array_equal(
+        buffer[1],
+        np.pad(
+            volume[tuple(slice(c, n - c) for n, c in zip(shape, layout.crop, strict=True))],
+            [(0, p) for p in layout.pad],
+        ),
+    )
+    assert np.isnan(buffer[0]).all()  # the other channel untouched

@@ -129,10 +129,23 @@ class NetworkLayout:
     def network_shape(self) -> tuple[int, int, int]:
         return tuple(n - 2 * c + p for n, c, p in zip(self.shape, self.crop, self.pad, strict=True))  # type: ignore[return-value]
 
-    def to_network(self, volume: np.ndarray) -> np.ndarray:
-        """Crop and pad one ``shape``-sized array to :attr:`network_shape` (zeros padded after)."""
+    def to_network(self, volume: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Crop and pad one ``shape``-sized array to :attr:`network_shape` (zeros padded after).
+
+        Args:
+            volume: The array on the input grid.
+            out: Where to write it (``network_shape``, any dtype and order), e.g. one channel of a
+                condition allocated once; ``None`` allocates a new array.
+        """
         cropped = volume[tuple(slice(c, n - c) for n, c in zip(self.shape, self.crop, strict=True))]
-        return np.pad(cropped, [(0, p) for p in self.pad])
+        if out is None:
+            return np.pad(cropped, [(0, p) for p in self.pad])
+        a, b, c = cropped.shape
+        out[:a, :b, :c] = cropped
+        out[a:] = 0
+        out[:a, b:] = 0
+        out[:a, :b, c:] = 0
+        return out
 
     def to_grid(self, volume: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`to_network`: drop the padding and restore the cropped margins as zeros."""

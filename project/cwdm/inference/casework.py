@@ -95,14 +95,20 @@ def prepare_case(
     start = time.perf_counter()
     order = condition_order(target)
     if pool is None:
-        done = [_read_and_normalise(case, seq, multiple) for seq in order]
+        done = [_read_and_normalise(case, seq) for seq in order]
     else:
-        futures = [pool.submit(_read_and_normalise, case, seq, multiple) for seq in order]
+        futures = [pool.submit(_read_and_normalise, case, seq) for seq in order]
         done = [future.result() for future in futures]
     volumes = [task.volume for task in done]
     check_same_grid(case, order, volumes)
     layout = NetworkLayout.for_shape(volumes[0].shape, multiple)
-    cond = np.stack([task.network for task in done])
+    # One allocation for the condition, each sequence copied into its channel (C order, as the network
+    # wants it, from nibabel's Fortran order): no padded copy per sequence and no stack of them.
+    layout_start = time.perf_counter()
+    cond = np.empty((len(done), *layout.network_shape), dtype=np.float32)
+    for channel, task in zip(cond, done, strict=True):
+        layout.to_network(task.values, out=channel)
+    layout_s = time.perf_counter() - layout_start
     elapsed_s = time.perf_counter() - start
     return PreparedCase(
         case=case,
@@ -116,35 +122,31 @@ def prepare_case(
         + _contract(case, order, volumes),
         stages_s={
             "read": sum(task.stages_s["read"] for task in done),
-            "preprocess": sum(task.stages_s["preprocess"] for task in done),
+            "preprocess": sum(task.stages_s["preprocess"] for task in done) + layout_s,
         },
     )
 
 
 @dataclass
 class _SequenceTask:
-    """One sequence of a case, read and preprocessed: its volume, its values in network layout
-    (C order), whether they are all zeros, and the time each step took."""
+    """One sequence of a case, read and preprocessed: its volume, its values on the input grid, whether
+    they are all zeros, and the time each step took."""
 
     volume: Volume
-    network: np.ndarray
+    values: np.ndarray
     blank: bool
     stages_s: dict[str, float]
 
 
-def _read_and_normalise(case: Case, seq: MRISequence, multiple: int) -> _SequenceTask:
-    """Read one sequence, preprocess it and lay it out for the network (on a pool thread)."""
+def _read_and_normalise(case: Case, seq: MRISequence) -> _SequenceTask:
+    """Read one sequence and preprocess it (on a pool thread)."""
     start = time.perf_counter()
     volume = read_case_file(case.case_id, case.files[seq], f"{seq} volume")
     read_s = time.perf_counter() - start
     values = normalise(volume.data)
-    # nibabel reads in Fortran order; the network wants C order: transposed here, on the pool thread,
-    # in float32 (a grid that differs from the first sequence's fails the grid check before use).
-    layout = NetworkLayout.for_shape(volume.shape, multiple)
-    network = np.ascontiguousarray(layout.to_network(values))
     return _SequenceTask(
         volume,
-        network,
+        values,
         not values.any(),
         {"read": read_s, "preprocess": time.perf_counter() - start - read_s},
     )
