@@ -904,6 +904,13 @@ def segmenter_train(
     init_weights: Annotated[
         Path | None, typer.Option(help="Start a new run from these segmenter.safetensors weights.")
     ] = None,
+    sequence_dropout: Annotated[
+        float,
+        typer.Option(
+            help="Probability that a crop has one sequence zeroed, so that the segmenter also segments "
+            "cases with a sequence absent (the skip-synthesis baseline)."
+        ),
+    ] = 0.0,
     verbose: Verbose = False,
 ) -> None:
     """Train the reference segmenter (MONAI SegResNet, 2 mm, WT/TC/ET); a rerun resumes."""
@@ -918,7 +925,10 @@ def segmenter_train(
 
     try:
         config = SegmenterTrainingConfig(
-            spec=ReferenceSegmenterSpec(init_filters=init_filters),
+            spec=ReferenceSegmenterSpec(
+                init_filters=init_filters, accepts_absent_sequence=sequence_dropout > 0
+            ),
+            sequence_dropout=sequence_dropout,
             iterations=iterations,
             lr=lr,
             batch_size=batch_size,

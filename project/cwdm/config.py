@@ -374,6 +374,9 @@ class ReferenceSegmenterSpec(_Strict):
     blocks_up: tuple[StrictInt, ...] = (1, 1, 1)
     downsample: StrictInt = Field(default=2, ge=1, le=4)
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    #: Trained with one sequence zeroed at random (sequence dropout), so that it also segments a case
+    #: with that sequence absent, given as zeros: the skip-synthesis baseline of ``cwdm evaluate``.
+    accepts_absent_sequence: StrictBool = False
 
     @field_validator("channels", mode="before")
     @classmethod

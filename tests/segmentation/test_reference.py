@@ -14,7 +14,7 @@ from cwdm.errors import CheckpointError, ConfigError
 from cwdm.segmentation.case import CompleteCase
 from cwdm.segmentation.reference import ReferenceSegmenter, network_input, regions_on_grid, to_network_grid
 from cwdm.segmentation.spec import open_segmenter
-from cwdm.segmentation.training import SegmenterTrainingConfig, train_segmenter
+from cwdm.segmentation.training import SegmenterTrainingConfig, augmented_crop, train_segmenter
 from cwdm.sequences import CANONICAL_ORDER
 
 from .synthetic import write_case_folder
@@ -124,3 +124,29 @@ def test_exported_weights_are_small_half_precision(tiny_segmenter_dir: Path) -> 
 
     state = load_file(str(tiny_segmenter_dir / "segmenter.safetensors"))
     assert {t.dtype for t in state.values()} == {torch.float16}
+
+
+def test_sequence_dropout_zeroes_one_whole_channel_of_a_crop() -> None:
+    spec = TINY_SPEC.model_copy(update={"accepts_absent_sequence": True})
+    config = SegmenterTrainingConfig(
+        spec=spec, crop_size=(8, 8, 8), sequence_dropout=0.5, intensity_jitter=0.0
+    )
+    image = torch.rand(4, 8, 8, 8) + 0.1  # no zero voxel anywhere before the dropout
+    target = torch.zeros(3, 8, 8, 8)
+    generator = torch.Generator().manual_seed(3)
+    absent_counts = []
+    for _ in range(200):
+        crop, _ = augmented_crop(image, target, config, generator)
+        zero_channels = [c for c in range(4) if not crop[c].any()]
+        assert all(crop[c].all() for c in range(4) if c not in zero_channels)
+        absent_counts.append(len(zero_channels))
+    assert set(absent_counts) == {0, 1}
+    assert 0.35 < np.mean(absent_counts) < 0.65  # about half the crops lose a sequence
+    assert image.min() > 0  # the case in memory is untouched
+
+
+def test_sequence_dropout_must_be_declared_by_the_spec() -> None:
+    with pytest.raises(ConfigError, match="sequence_dropout"):
+        SegmenterTrainingConfig(spec=TINY_SPEC, sequence_dropout=0.4)
+    with pytest.raises(ConfigError, match="sequence_dropout"):
+        SegmenterTrainingConfig(spec=TINY_SPEC.model_copy(update={"accepts_absent_sequence": True}))

@@ -5,8 +5,10 @@ laid out once (:func:`cwdm.segmentation.reference.network_input`; the region mas
 soft targets) and kept in memory: 7 channels of about 1.2 million float32 voxels a BraTS case at 2 mm.
 
 Each step draws, from one seeded CPU generator in this order: the cases of the batch, per case the crop
-offsets (three axes), the flips (three axes, probability 1/2 each) and the intensity jitter (per
-channel, a scale ``1 + u`` and a shift ``u`` inside the brain, ``u`` uniform in +-``intensity_jitter``).
+offsets (three axes), the flips (three axes, probability 1/2 each), the intensity jitter (per
+channel, a scale ``1 + u`` and a shift ``u`` inside the brain, ``u`` uniform in +-``intensity_jitter``)
+and, with ``sequence_dropout`` above 0, whether the crop loses a sequence and then which one (uniform):
+its channel is zeroed, as a case with that sequence absent is given to the segmenter.
 Loss: soft Dice (MONAI ``DiceLoss`` on the sigmoid outputs) plus binary cross-entropy, per region.
 AdamW, linear warm-up then cosine decay to 0. Every ``save_every`` steps a checkpoint (network,
 optimiser, generator, step) is written atomically, and the weights are exported as float16 safetensors
@@ -61,6 +63,9 @@ class SegmenterTrainingConfig:
         seed: Seed of the initial weights and of the loop's generator.
         precision: ``fp32`` or ``bf16`` (autocast around the network).
         exclude: Case ids left out of training (held-out cases).
+        sequence_dropout: Probability that a crop has one sequence (chosen uniformly) zeroed, so that the
+            segmenter also learns cases with a sequence absent; above 0 requires
+            ``spec.accepts_absent_sequence`` (what the exported ``segmenter.yaml`` then declares).
     """
 
     spec: ReferenceSegmenterSpec = field(default_factory=ReferenceSegmenterSpec)
@@ -76,6 +81,7 @@ class SegmenterTrainingConfig:
     seed: int = 0
     precision: str = "fp32"
     exclude: tuple[str, ...] = ()
+    sequence_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         multiple = 2 ** (len(self.spec.blocks_down) - 1)
@@ -89,6 +95,8 @@ class SegmenterTrainingConfig:
             "save_every": self.save_every >= 1,
             "log_every": self.log_every >= 1,
             "precision": self.precision in ("fp32", "bf16"),
+            "sequence_dropout": 0 <= self.sequence_dropout < 1
+            and (self.sequence_dropout > 0) == self.spec.accepts_absent_sequence,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -177,6 +185,10 @@ def augmented_crop(
     shift = (torch.rand(channels, generator=generator) * 2 - 1) * jitter
     brain = image > 0
     image = image * scale.view(-1, 1, 1, 1) + shift.view(-1, 1, 1, 1) * brain
+    if config.sequence_dropout > 0 and bool(torch.rand(1, generator=generator) < config.sequence_dropout):
+        absent = int(torch.randint(channels, (1,), generator=generator))
+        image = image.clone()
+        image[absent] = 0
     pad = [c - n for n, c in zip(image.shape[1:], config.crop_size, strict=True)]
     if any(pad):
         padding = (0, max(0, pad[2]), 0, max(0, pad[1]), 0, max(0, pad[0]))
