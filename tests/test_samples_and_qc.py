@@ -117,7 +117,7 @@ def test_draws_are_batched_and_split_like_cases(tmp_path: Path, weights: Weights
     assert set(sizes) == {4}
     sizes.clear()
     alone = Synthesizer({"t2f": model}, _settings(samples=2), CPU, weights.schedule())
-    alone._batch_limit = 1
+    alone.draw_limit = 1
     alone.run(cases, tmp_path / "alone")
     assert set(sizes) == {1}
     for number in (1, 2):

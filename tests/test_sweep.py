@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import cwdm.evaluation.sweep.analysis as sweep_analysis
+import cwdm.evaluation.sweep.report as sweep_report
+import cwdm.evaluation.sweep.run as sweep_run
 from cwdm.cli import app
 from cwdm.config import SweepSetting, expand_sweep_grid
 from cwdm.errors import ConfigError
-from cwdm.evaluation import sweep as sweep_module
-from cwdm.evaluation.sweep import SettingSummary, recommend, summarise
+from cwdm.evaluation.sweep import SettingSummary, SweepRow, recommend, summarise
+from cwdm.evaluation.timing import Timing
 from cwdm.inference.synthesizer import Synthesizer
 
 from .conftest import AFFINE, write_case, write_tiny_weights
@@ -133,24 +136,24 @@ def test_scoring_in_turn_gives_the_rows_of_a_scoring_pool(
         raise AssertionError("--workers 0 must not start a process pool")
 
     assert CliRunner().invoke(app, pooled).exit_code == 0
-    monkeypatch.setattr(sweep_module, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(sweep_run, "ProcessPoolExecutor", no_pool)
     result = CliRunner().invoke(app, inline)
     assert result.exit_code == 0, result.output
 
     def scores(folder: str) -> list[dict[str, str]]:
         rows = csv.DictReader((tmp_path / folder / "sweep.csv").open())
-        timing = {"seconds", *sweep_module.TIMING_COLUMNS}
+        timing = {"seconds", *sweep_analysis.TIMING_COLUMNS}
         return [{k: v for k, v in row.items() if k not in timing} for row in rows]
 
     assert scores("inline") == scores("pooled") and len(scores("inline")) == 2 * 2
 
 
 def _summary(name: str, seconds: float, psnr: float, ssim: float) -> SettingSummary:
-    scores = {key: float("nan") for key in sweep_module.SUMMARY_SCORES} | {
+    scores = {key: float("nan") for key in sweep_analysis.SUMMARY_SCORES} | {
         "full_psnr": psnr,
         "full_ssim": ssim,
     }
-    return SettingSummary(name, {}, 1, seconds, scores)
+    return SettingSummary(name, None, 1, seconds, scores)
 
 
 def test_pareto_front_and_recommendation() -> None:
@@ -169,11 +172,11 @@ def test_pareto_front_and_recommendation() -> None:
                 "seconds": str(seconds),
                 "full_psnr": str(psnr),
                 "full_ssim": str(ssim),
-                **{k: "" for k in sweep_module.SUMMARY_SCORES if k not in ("full_psnr", "full_ssim")},
+                **{k: "" for k in sweep_analysis.SUMMARY_SCORES if k not in ("full_psnr", "full_ssim")},
                 "target": "t1n",
             }
         )
-    summaries = summarise(rows)
+    summaries = summarise([SweepRow.from_csv(row) for row in rows])
     assert [s.setting for s in summaries] == ["fast-bad", "fast-close", "dominated", "slow-best"]
     assert {s.setting for s in summaries if s.pareto_psnr} == {"fast-bad", "fast-close", "slow-best"}
     assert recommend(summaries).setting == "fast-close"  # within 0.5 dB and 0.01 of the best, fastest
@@ -190,7 +193,7 @@ def _row(setting: str, case: str, target: str, seconds: float, psnr: float) -> d
         "seconds": str(seconds),
         "full_psnr": str(psnr),
         "full_ssim": "0.9",
-        **{k: "" for k in sweep_module.SUMMARY_SCORES if k not in ("full_psnr", "full_ssim")},
+        **{k: "" for k in sweep_analysis.SUMMARY_SCORES if k not in ("full_psnr", "full_ssim")},
     }
 
 
@@ -204,14 +207,19 @@ def test_a_setting_measured_on_one_target_only_is_compared_on_that_target_only(t
     # The slow reference, measured on t1c only: best there, but its mean is not one over all targets.
     rows += [_row("reference", case, "t1c", 900.0, 30.0) for case in ("a", "b")]
     rows.append(_row("one-case", "a", "t1n", 3.0, 26.0))
+    rows = [SweepRow.from_csv(row) for row in rows]
 
-    assert {row["setting"] for row in sweep_module.comparable(rows)} == {"fast", "medium"}
-    assert {row["setting"] for row in sweep_module.comparable(rows, "t1c")} == {"fast", "medium", "reference"}
-    assert {row["setting"] for row in sweep_module.comparable(rows, "t1n")} == {"fast", "medium"}
-    assert recommend(summarise(sweep_module.comparable(rows))).setting == "fast"
-    assert recommend(summarise(sweep_module.comparable(rows, "t1c"))).setting == "reference"
+    assert {row.name for row in sweep_analysis.comparable(rows)} == {"fast", "medium"}
+    assert {row.name for row in sweep_analysis.comparable(rows, "t1c")} == {
+        "fast",
+        "medium",
+        "reference",
+    }
+    assert {row.name for row in sweep_analysis.comparable(rows, "t1n")} == {"fast", "medium"}
+    assert recommend(summarise(sweep_analysis.comparable(rows))).setting == "fast"
+    assert recommend(summarise(sweep_analysis.comparable(rows, "t1c"))).setting == "reference"
 
-    table, _, choice = sweep_module.write_report(rows, tmp_path, "test")
+    table, _, choice = sweep_report.write_report(rows, tmp_path, "test")
     assert choice.setting == "fast"
     text = table.read_text()
     assert "- `reference`: a t1c, b t1c" in text and "- `one-case`: a t1n" in text
@@ -235,7 +243,7 @@ def test_by_default_no_scoring_runs_while_a_synthesis_is_timed(
     grid = tmp_path / "grid.yaml"
     grid.write_text("- {sampler: ddim, timestep_spacing: trailing, sampling_steps: [1, 2]}\n")
     events: list[str] = []
-    real_run, real_score = Synthesizer.run, sweep_module._score
+    real_run, real_score = Synthesizer.run, sweep_run._score
 
     def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         events.append("synthesis start")
@@ -255,8 +263,8 @@ def test_by_default_no_scoring_runs_while_a_synthesis_is_timed(
         raise AssertionError("the default must not start a scoring pool")
 
     monkeypatch.setattr(Synthesizer, "run", run)
-    monkeypatch.setattr(sweep_module, "_score", score)
-    monkeypatch.setattr(sweep_module, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(sweep_run, "_score", score)
+    monkeypatch.setattr(sweep_run, "ProcessPoolExecutor", no_pool)
     command = [c for c in _command(cases, weights, tmp_path / "sweep", grid) if c not in ("--workers", "1")]
     result = CliRunner().invoke(app, [*command, "--targets", "t1n"])
     assert result.exit_code == 0, result.output
@@ -278,10 +286,10 @@ def test_by_default_no_scoring_runs_while_a_synthesis_is_timed(
     from cwdm.config import load_run_parameters
 
     params = load_run_parameters(tmp_path / "sweep" / "recommended.yaml")
-    chosen = summarise(rows)
+    chosen = summarise([SweepRow.from_csv(row) for row in rows])
     best = recommend(chosen)
-    assert params.sampler == best.fields["sampler"] == "ddim"
-    assert params.sampling_steps == int(best.fields["sampling_steps"])
+    assert params.sampler == best.fields.sampler == "ddim"
+    assert params.sampling_steps == best.fields.sampling_steps
     assert params.timestep_spacing == "trailing" and params.samples == 1
     assert "recommended.yaml" in result.output
 
@@ -308,6 +316,6 @@ def test_a_busy_machine_is_seen_and_warned(monkeypatch: pytest.MonkeyPatch) -> N
     timing = timing_module.measure(lambda: 4.0, repeats=1)
     assert timing.other_cores == pytest.approx(2.0)
     assert timing.busy(cpus=2) and not timing.busy(cpus=16)
-    rows = [{"other_cores": "2.00", "seconds_runs": "4.0"}]
-    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 2)
-    assert any("**Warning**" in line for line in sweep_module._timing_notes(rows))
+    row = SweepRow("s", SweepSetting(), "a", "t1n", 4.0, timing=Timing(4.0, (4.0,), 2.0, 0.5))
+    assert any("**Warning**" in line for line in sweep_report.timing_notes([row], cpus=2))
+    assert not any("**Warning**" in line for line in sweep_report.timing_notes([row], cpus=16))

@@ -161,6 +161,8 @@ def _format_errors(source: str, exc: ValidationError) -> str:
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}")
+        elif not error["loc"] and error["type"] == "value_error":  # a whole-file check names its keys
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"key {key!r}: {error['msg']} (got {error.get('input')!r})")
     return f"{source}: " + "; ".join(lines)

@@ -130,7 +130,7 @@ def test_a_damaged_checkpoint_of_a_target_no_case_needs_is_never_read(
         ("no weights folder", ["weights directory", "does not exist"]),
         ("two checkpoints for a target", ["several checkpoints for target t1n", "t1n.pt", "t1n.safetensors"]),
         ("model.yaml with an unknown key", ["model.yaml", "unknown key 'channels'"]),
-        ("model.yaml with a wrong type", ["model.yaml", "key 'model_channels'", "'8'"]),
+        ("model.yaml with a wrong type", ["model.yaml", "model_channels must be a positive integer", "'8'"]),
         ("model.yaml that is not YAML", ["model.yaml", "not valid YAML"]),
         ("model.yaml with an impossible architecture", ["model.yaml", "num_groups"]),
     ],

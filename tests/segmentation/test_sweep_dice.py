@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import cwdm.evaluation.sweep.analysis as sweep_analysis
 from cwdm.cli import app
-from cwdm.evaluation import sweep as sweep_module
 from cwdm.evaluation.sweep import SettingSummary, recommend
 
 from ..conftest import write_tiny_weights
@@ -21,9 +21,9 @@ from .test_evaluate_dice import canonical_truth, expected_dice
 
 
 def _summary(name: str, seconds: float, psnr: float, dice_et: float) -> SettingSummary:
-    scores = {key: float("nan") for key in sweep_module.SUMMARY_SCORES}
+    scores = {key: float("nan") for key in sweep_analysis.SUMMARY_SCORES}
     scores |= {"full_psnr": psnr, "full_ssim": 0.9, "dice_wt": 0.9, "dice_tc": 0.8, "dice_et": dice_et}
-    return SettingSummary(name, {}, 1, seconds, scores)
+    return SettingSummary(name, None, 1, seconds, scores)
 
 
 def test_the_recommendation_holds_the_dice_of_every_region() -> None:

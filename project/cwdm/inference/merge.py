@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .report import CASE_STATUSES
+from .report import CASE_STATUSES, OK_STATUSES, counts_text, exit_status
 
 #: When reports disagree on a case, the outcome that stands (earlier wins).
 _PRECEDENCE = ("written", "skipped", "mismatched", "failed", "interrupted", "claimed", "ignored")
-_OK = ("written", "skipped")
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,10 @@ class MergedReport:
         """0 when every part reported and finished and every case that needs an output has it; else 1."""
         if self.missing_parts or self.unfinished_parts or self.problems:
             return 1
-        expected = [case for case in self.cases if case["status"] != "ignored"]
-        return 0 if expected and all(case["status"] in _OK for case in expected) else 1
+        return exit_status(case["status"] for case in self.cases)
 
     def counts_text(self) -> str:
-        return ", ".join(f"{self.count(s)} {s}" for s in CASE_STATUSES if self.count(s) or s in _OK)
+        return counts_text(case["status"] for case in self.cases)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,7 +157,7 @@ def _unfinished(report: dict[str, Any], best: dict[str, dict[str, Any]]) -> str:
     pending = [
         c["case_id"]
         for c in report["cases"]
-        if c["status"] in ("interrupted", "claimed") and best[c["case_id"]]["status"] not in _OK
+        if c["status"] in ("interrupted", "claimed") and best[c["case_id"]]["status"] not in OK_STATUSES
     ]
     if report.get("interrupted_by") and (pending or not report["cases"]):
         return f"stopped by {report['interrupted_by']}"

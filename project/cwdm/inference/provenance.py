@@ -22,14 +22,16 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 
 from ..cases.discovery import Case
-from ..config import SamplingSettings
 from ..sequences import MRISequence, condition_order
 from ..version import __version__
+
+if TYPE_CHECKING:  # annotations only: provenance is read back without torch
+    from ..config import SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +168,53 @@ def settings_mismatch(
     ...)``; empty when it matches, or when there is no record to compare."""
     if recorded is None:
         return ()
-    made = recorded.get("settings", {})
+    made = _mapping(recorded.get("settings"))
     differences = [
-        f"{key}: output {made.get(key)!r}, run {settings[key]!r}"
+        f"{key}: output {_short(made.get(key))}, run {settings[key]!r}"
         for key in settings
         if made.get(key) != settings[key]
     ]
-    made_model = (recorded.get("model") or {}).get("sha256")
+    made_model = _mapping(recorded.get("model")).get("sha256")
     if model_sha256 is not None and made_model != model_sha256:
         differences.append(f"model sha256: output {str(made_model)[:12]}, run {model_sha256[:12]}")
     return tuple(differences)
+
+
+def source_mismatch(
+    recorded: Mapping[str, Any] | None, case: Case, target: MRISequence, digest: DigestCache
+) -> tuple[str, ...]:
+    """How an output's recorded case, target and input checksums differ from ``case``'s: a file copied
+    or renamed into place is not this case's synthesis. Empty when they match, or without a record.
+
+    Raises:
+        OSError: an input of ``case`` cannot be read (hashed).
+    """
+    if recorded is None:
+        return ()
+    differences = []
+    if recorded.get("case_id") != case.case_id:
+        differences.append(f"case: output {_short(recorded.get('case_id'))}, run {case.case_id!r}")
+    if recorded.get("target") != str(target):
+        differences.append(f"target: output {_short(recorded.get('target'))}, run {str(target)!r}")
+    sources = recorded.get("sources")
+    made = {
+        source.get("sequence"): source.get("sha256")
+        for source in (sources if isinstance(sources, list) else [])
+        if isinstance(source, dict)
+    }
+    for seq in condition_order(target):
+        sha = digest(case.files[seq])
+        if made.get(str(seq)) != sha:
+            differences.append(f"{seq} input sha256: output {str(made.get(str(seq)))[:12]}, run {sha[:12]}")
+    return tuple(differences)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A recorded field that should be a mapping, or an empty one (a record is a user's file)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A recorded value for a message: its repr, cut to ``limit`` characters (records are user files)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..atomic import write_atomic
-from ..config import SamplingSettings
 from ..errors import ConfigError, CwdmError, Interrupted
-from ..runtime import Runtime
 from ..sequences import MRISequence
 from ..version import __version__
 from .outputs import is_inside
 from .split import WorkPart
+
+if TYPE_CHECKING:  # annotations only: a report is read and written without torch
+    from ..config import SamplingSettings
+    from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ CASE_STATUSES: tuple[CaseStatus, ...] = (
 )
 #: Statuses shown in the one-line counts only when some case has them.
 _SHOWN_WHEN_PRESENT = ("mismatched", "claimed", "interrupted")
+#: The statuses of a case that has its output.
+OK_STATUSES = ("written", "skipped")
 #: Called after each case with its result.
 CaseCallback = Callable[["CaseResult"], None]
 
@@ -165,10 +170,8 @@ class RunReport:
         return sum(result.status == status for result in self.cases)
 
     def counts_text(self) -> str:
-        """``3 written, 0 skipped, 1 failed, 0 ignored`` (plus ``, 2 interrupted``, ``, 1 mismatched``,
-        ``, 1 claimed`` when there are any)."""
-        shown = [s for s in CASE_STATUSES if s not in _SHOWN_WHEN_PRESENT or self.count(s)]
-        return ", ".join(f"{self.count(status)} {status}" for status in shown)
+        """The counts line (:func:`counts_text`)."""
+        return counts_text(result.status for result in self.cases)
 
     @property
     def expected(self) -> tuple[CaseResult, ...]:
@@ -181,10 +184,9 @@ class RunReport:
         the signal number when a signal stopped the run (130 for SIGINT, 143 for SIGTERM); else 1."""
         if self.interrupted_by is not None:
             return 128 + self.interrupted_by
-        expected = self.expected
         if not self.cases and self.part is not None and self.cases_total:
             return 0  # a part with no case of its own, in a folder that has cases: nothing to do
-        return 0 if expected and all(result.ok for result in expected) else 1
+        return exit_status(result.status for result in self.cases)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,8 +225,9 @@ def check_report_path(report_path: Path, out_dir: Path) -> None:
         )
 
 
-def write_report(report: RunReport, path: Path) -> Path:
-    """Write ``report`` as JSON to ``path``, atomically (never inside the output folder).
+def write_report(report: RunReport, path: Path, previous_runs: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """Write ``report`` as JSON to ``path``, atomically (never inside the output folder), with the
+    records of ``previous_runs`` (earlier runs of the same report file, newest first).
 
     Raises:
         ConfigError: ``path`` is inside the run's output folder.
@@ -234,7 +237,59 @@ def write_report(report: RunReport, path: Path) -> Path:
     check_report_path(path, report.out_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(report.to_dict(), indent=2) + "\n")
+        record = report.to_dict() | {"previous_runs": [dict(run) for run in previous_runs]}
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
     except OSError as exc:
         raise CwdmError(f"cannot write the run report {path} ({exc})") from exc
     return path
+
+
+def counts_text(statuses: Iterable[str]) -> str:
+    """``3 written, 0 skipped, 1 failed, 0 ignored`` (plus ``, 2 interrupted``, ``, 1 mismatched``,
+    ``, 1 claimed`` when there are any): the one counts line of a run, a part or a merged run."""
+    counted = Counter(statuses)
+    shown = [s for s in CASE_STATUSES if s not in _SHOWN_WHEN_PRESENT or counted[s]]
+    return ", ".join(f"{counted[status]} {status}" for status in shown)
+
+
+def exit_status(statuses: Iterable[str]) -> int:
+    """0 when at least one case needed an output and every such case has it, else 1 (ignored cases need
+    none): the one rule of a run, a part and a merged run."""
+    expected = [status for status in statuses if status != "ignored"]
+    return 0 if expected and all(status in OK_STATUSES for status in expected) else 1
+
+
+def default_report_path(out_dir: Path, part: WorkPart | None = None) -> Path:
+    """``OUT-report.json`` beside the output folder (``OUT-report-partIofN.json`` for a part of a split
+    run). The folder's absolute path gives the name, so that ``.`` or ``..`` work too."""
+    folder = Path(out_dir).absolute().resolve()
+    suffix = "" if part is None else f"-{part.suffix}"
+    return folder.parent / f"{folder.name or 'output'}-report{suffix}.json"
+
+
+def save_report(report: RunReport, path: Path) -> Path | None:
+    """:func:`write_report`, keeping the runs an existing report at ``path`` recorded (its
+    ``previous_runs``, newest first), and with a failure logged rather than raised: the outputs stand,
+    and the log and the summary hold every case's outcome (the exit status still follows the cases)."""
+    try:
+        return write_report(report, path, previous_runs=_previous_runs(Path(path)))
+    except CwdmError as exc:
+        log.error("%s", exc)
+        return None
+
+
+def _previous_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs recorded in an existing report file (none when there is none, or it is not ours: it is
+    then replaced, with a warning)."""
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s: not a readable run report (%s); replacing it", path, type(exc).__name__)
+        return []
+    if not isinstance(earlier, dict) or "cwdm_version" not in earlier:
+        log.warning("%s: not a cwdm run report; replacing it", path)
+        return []
+    history = earlier.pop("previous_runs", [])
+    return [earlier, *(history if isinstance(history, list) else [])]

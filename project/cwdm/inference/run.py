@@ -1,28 +1,32 @@
-"""A folder of cases, end to end: the one inference flow behind ``cwdm infer`` and the MLCube entry point.
+"""The one front door of a folder run: ``cwdm infer``, the image's entry point (MLCube, MedPerf, the 2025
+convention), the sweep and the Python API all describe their run as a :class:`RunRequest` and call
+:func:`run_request`.
 
-:func:`run_folder` discovers the cases, loads the models they need once, synthesises every missing
-sequence into the output folder and saves the JSON run report outside it, also when a signal stops the
-run. The commands around it only parse options, set up logging and progress, render the summary and
-turn :attr:`RunReport.exit_code` into their exit status.
+It discovers the cases (keeping those of its part of a split folder), builds the synthesizer (or takes
+the caller's), synthesises every missing sequence into the output folder and saves the JSON run report
+outside it, also when a signal stops the run. The entry points around it only translate their
+conventions into the request, set up logging and progress, render the summary and turn
+:attr:`RunReport.exit_code` into their exit status.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
 from ..cases.discovery import Case, discover_cases, needed_targets
 from ..config import RunParameters
-from ..errors import CwdmError, Interrupted
+from ..errors import Interrupted
 from ..qc.sheet import SHEET_NAME, SheetEntry, write_sheet
 from .casework import preview_name
+from .execution import BatchStepCallback
 from .outputs import check_output_folder
-from .report import CaseCallback, RunReport, check_report_path, write_report
+from .report import CaseCallback, RunReport, check_report_path, save_report
 from .split import SPLIT_RULE, WorkPart
-from .synthesizer import BatchStepCallback, Synthesizer
+from .synthesizer import Synthesizer
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +34,116 @@ log = logging.getLogger(__name__)
 ReadyCallback = Callable[[Synthesizer, Sequence[Case]], None]
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything that defines a folder run.
+
+    Attributes:
+        data_dir: One sub-folder per case (docs/USAGE.md, "Running inference").
+        out_dir: Receives ``<case>-<missing seq>.nii.gz`` and nothing else.
+        weights_dir: One checkpoint per target plus ``model.yaml``.
+        params: The run parameters, already merged with any command-line options.
+        report_path: The JSON run report (never inside ``out_dir``: checked before anything runs);
+            ``None``: no report file (the sweep). :func:`cwdm.inference.report.default_report_path` is the
+            commands' default.
+        qc_dir: A folder for quality control, never ``out_dir``: each written case's preview and, with
+            ``samples`` > 1, its uncertainty map, and ``index.html``, the contact sheet of every case
+            (written when the run ends, also when a signal stops it).
+        part: Run only this part of a split folder (:mod:`cwdm.inference.split`); the report records it,
+            and ``cwdm report merge`` combines the parts' reports.
+        overwrite: Resample the cases whose finished output records other settings or inputs than this
+            run's (otherwise they are kept and reported ``mismatched``).
+        case_ids: Run only these cases of the folder (``None``: all of them).
+    """
+
+    data_dir: Path
+    out_dir: Path
+    weights_dir: Path
+    params: RunParameters = RunParameters()
+    report_path: Path | None = None
+    qc_dir: Path | None = None
+    part: WorkPart | None = None
+    overwrite: bool = False
+    case_ids: Collection[str] | None = None
+
+
 class FolderRun(NamedTuple):
-    """The outcome of :func:`run_folder`.
+    """The outcome of :func:`run_request`.
 
     Attributes:
         report: Every case's result; ``report.exit_code`` is the run's exit status.
-        report_file: Where the JSON report was saved, or ``None`` when it could not be (logged).
+        report_file: Where the JSON report was saved, or ``None`` when it was not (not asked for, or it
+            could not be written: logged).
     """
 
     report: RunReport
     report_file: Path | None
+
+
+def run_request(
+    request: RunRequest,
+    *,
+    synthesizer: Synthesizer | None = None,
+    on_ready: ReadyCallback | None = None,
+    on_case: CaseCallback | None = None,
+    on_step: BatchStepCallback | None = None,
+) -> FolderRun:
+    """Synthesise the missing sequence of every case of the request's folder; save the report.
+
+    Args:
+        request: The run.
+        synthesizer: Use this one (built from ``request.weights_dir`` and ``request.params``, e.g. with
+            :meth:`Synthesizer.from_loaded` by a sweep that keeps its models); default: loaded here, the
+            targets the cases need only.
+        on_ready: See :data:`ReadyCallback` (progress bars, a log line of the settings).
+        on_case: Called with each case's result as soon as it is known.
+        on_step: Called after every sampling step of a batch.
+
+    Returns:
+        The report and where it was saved. A run stopped by a signal (SIGINT/SIGTERM under
+        :func:`cwdm.stop_on_signals`) returns too: its report marks the unfinished cases ``interrupted``
+        and its exit code is 128 + the signal number.
+
+    Raises:
+        CwdmError: nothing ran: a report path inside the output folder, a missing data folder, a bad
+            weights directory or ``model.yaml``, an output folder that overlaps the inputs or cannot be
+            written (:class:`cwdm.ConfigError` and :class:`cwdm.CheckpointError` among them).
+        Interrupted: a signal arrived before the first case started (there is no report).
+    """
+    if request.report_path is not None:
+        check_report_path(request.report_path, request.out_dir)
+    cases = discover_cases(request.data_dir)
+    total = len(cases)
+    if request.part is not None:
+        check_output_folder(request.out_dir, cases)  # against every case, also those of the other parts
+        cases = request.part.select(cases)
+        log.info("%s: %d of the %d cases (%s)", request.part.label, len(cases), total, SPLIT_RULE)
+    if request.case_ids is not None:
+        cases = [case for case in cases if case.case_id in request.case_ids]
+    synth = synthesizer or Synthesizer.from_weights(
+        request.weights_dir, request.params, needed_targets(cases)
+    )
+    if on_ready is not None:
+        on_ready(synth, cases)
+    try:
+        report = synth.run(
+            cases,
+            request.out_dir,
+            qc_dir=request.qc_dir,
+            on_case=on_case,
+            on_step=on_step,
+            overwrite=request.overwrite,
+        )
+    except Interrupted as exc:
+        if exc.report is None:
+            raise
+        report = exc.report  # type: ignore[assignment]
+    if request.part is not None:
+        report = replace(report, part=request.part, cases_total=total)
+    if request.qc_dir is not None:
+        _save_sheet(report, Path(request.qc_dir))
+    saved = None if request.report_path is None else save_report(report, request.report_path)
+    return FolderRun(report, saved)
 
 
 def run_folder(
@@ -56,58 +160,9 @@ def run_folder(
     part: WorkPart | None = None,
     overwrite: bool = False,
 ) -> FolderRun:
-    """Synthesise the missing sequence of every case of ``data_dir`` into ``out_dir``; save the report.
-
-    Args:
-        data_dir: One sub-folder per case (docs/USAGE.md, "Running inference").
-        out_dir: Receives ``<case>-<missing seq>.nii.gz`` and nothing else.
-        weights_dir: One checkpoint per target plus ``model.yaml``.
-        params: The run parameters, already merged with any command-line options.
-        report_path: The JSON run report; never inside ``out_dir`` (checked before anything runs).
-        qc_dir: A folder for quality control, never ``out_dir``: each written case's preview and, with
-            ``samples`` > 1, its uncertainty map, and ``index.html``, the contact sheet of every case
-            (written when the run ends, also when a signal stops it).
-        on_ready: See :data:`ReadyCallback` (progress bars, a log line of the settings).
-        on_case: Called with each case's result as soon as it is known.
-        on_step: Called after every sampling step of a batch.
-        part: Run only this part of a split folder (:mod:`cwdm.inference.split`); the report records
-            it, and ``cwdm report merge`` combines the parts' reports.
-        overwrite: Resample the cases whose finished output records other settings than this run's
-            (otherwise they are kept and reported ``mismatched``).
-
-    Returns:
-        The report and where it was saved. A run stopped by a signal (SIGINT/SIGTERM under
-        :func:`cwdm.stop_on_signals`) returns too: its report marks the unfinished cases ``interrupted``
-        and its exit code is 128 + the signal number.
-
-    Raises:
-        CwdmError: nothing ran: a report path inside the output folder, a missing data folder, a bad
-            weights directory or ``model.yaml``, an output folder that overlaps the inputs or cannot be
-            written (:class:`cwdm.ConfigError` and :class:`cwdm.CheckpointError` among them).
-        Interrupted: a signal arrived before the first case started (there is no report).
-    """
-    check_report_path(report_path, out_dir)
-    cases = discover_cases(data_dir)
-    if part is not None:
-        check_output_folder(out_dir, cases)  # against every case, also those of the other parts
-        total, cases = len(cases), part.select(cases)
-        log.info("%s: %d of the %d cases (%s)", part.label, len(cases), total, SPLIT_RULE)
-    synth = Synthesizer.from_weights(weights_dir, params, needed_targets(cases))
-    if on_ready is not None:
-        on_ready(synth, cases)
-    try:
-        report = synth.run(
-            cases, out_dir, qc_dir=qc_dir, on_case=on_case, on_step=on_step, overwrite=overwrite
-        )
-    except Interrupted as exc:
-        if exc.report is None:
-            raise
-        report = exc.report  # type: ignore[assignment]
-    if part is not None:
-        report = replace(report, part=part, cases_total=total)
-    if qc_dir is not None:
-        _save_sheet(report, Path(qc_dir))
-    return FolderRun(report, _save_report(report, report_path))
+    """:func:`run_request` with the request's fields as arguments (the Python API before requests)."""
+    request = RunRequest(data_dir, out_dir, weights_dir, params, report_path, qc_dir, part, overwrite)
+    return run_request(request, on_ready=on_ready, on_case=on_case, on_step=on_step)
 
 
 def _save_sheet(report: RunReport, qc_dir: Path) -> None:
@@ -143,13 +198,3 @@ def _save_sheet(report: RunReport, qc_dir: Path) -> None:
         write_sheet(qc_dir / SHEET_NAME, entries, f"cwdm infer: {report.out_dir.name}", meta, weights=weights)
     except OSError as exc:
         log.error("cannot write the contact sheet in %s (%s)", qc_dir, exc)
-
-
-def _save_report(report: RunReport, path: Path) -> Path | None:
-    """:func:`write_report`, with a failure logged rather than raised: the outputs stand, and the log and
-    the summary hold every case's outcome (the exit status still follows the cases)."""
-    try:
-        return write_report(report, path)
-    except CwdmError as exc:
-        log.error("%s", exc)
-        return None

@@ -2,113 +2,61 @@
 own synthesizer on its own device, the results merged back into the sequential order
 (:func:`cwdm.inference.throughput.run_workers` does the process handling).
 
-A worker builds its synthesizer from a factory that must be picklable (workers are spawned): from the
-weights directory (what :meth:`Synthesizer.from_weights` arranges), or from in-memory copies of the models
-(a synthesizer built from loaded parts). The synthesizer class is passed in, not imported, so that this
-module and :mod:`cwdm.inference.synthesizer` do not import each other.
+A worker builds its synthesizer with the run's worker factory, which must be picklable (workers are
+spawned): :meth:`cwdm.inference.synthesizer.Synthesizer.from_weights` makes one that loads the same
+weights on the worker's device.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..cases.discovery import Case
-from ..config import RunParameters, SamplingSettings
-from ..method.denoiser import Denoiser
-from ..method.schedule import NoiseSchedule
-from ..runtime import Runtime
-from ..sequences import MRISequence
-from .fastpath import FastPathOptions
+from ..errors import ConfigError
+from .execution import Batch, CaseSynthesizer, process_batches
 from .report import CaseCallback, CaseResult
 from .throughput import Throughput, WorkerEvents, run_workers
 
 if TYPE_CHECKING:
-    from .synthesizer import BatchStepCallback, Synthesizer
+    from .runner import RunOptions
 
 #: Builds the synthesizer of one worker on its device.
-WorkerFactory = Callable[[torch.device], "Synthesizer"]
-
-
-def factory_from_weights(
-    cls: type[Synthesizer], weights_dir: Path, params: RunParameters, targets: tuple[MRISequence, ...]
-) -> WorkerFactory:
-    """Workers that load the same weights with the same parameters, each on its own device."""
-    return functools.partial(_from_weights, cls, weights_dir, params, targets)
+WorkerFactory = Callable[[torch.device], CaseSynthesizer]
 
 
 def run_sharded(
-    synth: Synthesizer,
-    batches: Sequence[tuple[MRISequence, Sequence[Case]]],
+    factory: WorkerFactory | None,
+    batches: Sequence[Batch],
     out_dir: Path,
     record: CaseCallback,
-    on_step: BatchStepCallback | None,
-    qc_dir: Path | None = None,
+    options: RunOptions,
 ) -> None:
-    """Share ``batches`` out to one worker process per device of ``synth.throughput``; record their
-    results in case order. A case whose worker died without reporting it fails (``WorkerError``)."""
+    """Share ``batches`` out to one worker process per device of ``options.flow``; record their results
+    in case order. A case whose worker died without reporting it fails (``WorkerError``).
+
+    Raises:
+        ConfigError: no worker factory was given for a run over several devices.
+    """
+    if factory is None:
+        raise ConfigError("a run over several devices needs a worker factory (Synthesizer.from_weights)")
     targets = {case.case_id: target for target, cases in batches for case in cases}
-    factory = synth.worker_factory or functools.partial(
-        _from_parts,
-        type(synth),
-        {target: copy.deepcopy(model).cpu() for target, model in synth.models.items()},
-        synth.settings,
-        synth.runtime.precision,
-        synth.schedule,
-        synth.fast_path,
-    )
 
     def lost(case_id: str, reason: str) -> CaseResult:
         return CaseResult(case_id, "failed", targets[case_id], error=reason, error_type="WorkerError")
 
     run_workers(
-        functools.partial(_run_shard, factory, out_dir, qc_dir),
+        functools.partial(_run_shard, factory, out_dir, options.qc_dir),
         batches,
-        synth.throughput.devices,
+        options.flow.devices,
         record=record,
         order=list(targets),
         key=lambda result: result.case_id,
         lost=lost,
-        on_step=on_step,
-    )
-
-
-def _from_weights(
-    cls: type[Synthesizer],
-    weights_dir: Path,
-    params: RunParameters,
-    targets: tuple[MRISequence, ...],
-    device: torch.device,
-) -> Synthesizer:
-    """A worker's synthesizer: the same weights and parameters, on ``device`` only."""
-    worker = params.model_copy(update={"device": device.type})
-    return cls.from_weights(
-        weights_dir, worker, targets, throughput=Throughput.for_devices([device], params.batch_size)
-    )
-
-
-def _from_parts(
-    cls: type[Synthesizer],
-    models: Mapping[MRISequence, Denoiser],
-    settings: SamplingSettings,
-    precision: str,
-    schedule: NoiseSchedule,
-    fast_path: FastPathOptions,
-    device: torch.device,
-) -> Synthesizer:
-    """A worker's synthesizer from in-memory models (copied to ``device``)."""
-    return cls(
-        {target: model.to(device) for target, model in models.items()},
-        settings,
-        Runtime(device, precision),
-        schedule,
-        fast_path=fast_path,
-        throughput=Throughput.for_devices([device], settings.batch_size),
+        on_step=options.on_step,
     )
 
 
@@ -117,8 +65,10 @@ def _run_shard(
     out_dir: Path,
     qc_dir: Path | None,
     device: torch.device,
-    batches: Iterable[tuple[MRISequence, Sequence[Case]]],
+    batches: Iterable[Batch],
     events: WorkerEvents,
 ) -> None:
     """The work of one worker process (see :func:`cwdm.inference.throughput.run_workers`)."""
-    factory(device).process(batches, out_dir, events.record, events.on_step, qc_dir)
+    synth = factory(device)
+    flow = Throughput.for_devices([device], synth.settings.batch_size)
+    process_batches(synth, batches, out_dir, events.record, flow, qc_dir, events.on_step)

@@ -1,0 +1,5 @@
+"""``python -m cwdm.cli``: the ``cwdm`` command."""
+
+from . import main
+
+main()
