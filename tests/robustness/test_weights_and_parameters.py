@@ -133,6 +133,7 @@ def test_a_damaged_checkpoint_of_a_target_no_case_needs_is_never_read(
         ("model.yaml with a wrong type", ["model.yaml", "key 'model_channels'", "'8'"]),
         ("model.yaml that is not YAML", ["model.yaml", "not valid YAML"]),
         ("model.yaml with an impossible architecture", ["model.yaml", "num_groups"]),
+        ("model.yaml of nested aliases (billion laughs)", ["model.yaml", "more than 10,000 values"]),
     ],
 )
 def test_a_bad_weights_folder_stops_before_any_case(
@@ -150,6 +151,8 @@ def test_a_bad_weights_folder_stops_before_any_case(
         spec.write_text(spec.read_text().replace("model_channels: 8", "model_channels: '8'"))
     elif name == "model.yaml that is not YAML":
         spec.write_text("model_channels: [8\n")
+    elif name.startswith("model.yaml of nested aliases"):
+        spec.write_text(BILLION_LAUGHS.replace("sampling_steps", "channel_mult"))
     else:
         spec.write_text(spec.read_text().replace("num_groups: 8", "num_groups: 3"))
     run = run_infer(data, tmp_path / "out", weights)
@@ -160,6 +163,14 @@ def test_a_bad_weights_folder_stops_before_any_case(
 
 
 # -- parameters.yaml ---------------------------------------------------------------------------------------
+
+#: A few hundred bytes that stand for a billion strings once the aliases are expanded.
+BILLION_LAUGHS = (
+    'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    + "sampling_steps: *a9\n"
+)
+NESTED_BRACKETS = "sampling_steps: " + "[" * 50_000 + "]" * 50_000 + "\n"
 
 PARAMETERS = {
     "unknown key": ("sampling_step: 10\n", ["unknown key 'sampling_step'", "Allowed keys: sampling_steps"]),
@@ -181,6 +192,12 @@ PARAMETERS = {
     "no such file": (None, ["file not found"]),
     "a folder": ("folder", ["cannot read"]),
     "more steps than the model was trained with": ("sampling_steps: 100\n", ["exceeds the model's 50"]),
+    "nested aliases (billion laughs)": (BILLION_LAUGHS, ["refused", "more than 10,000 values", "aliases"]),
+    "50,000 nested brackets": (NESTED_BRACKETS, ["refused", "nest more than 32 deep"]),
+    "an alias inside its own anchor": ("sampling_steps: &x [1, *x]\n", ["refused", "recursive structure"]),
+    "an integer of 5,000 digits": ("seed: " + "9" * 5000 + "\n", ["refused", "5000 digits"]),
+    "a file of a megabyte": ("# padding\n" * 100_000 + "seed: 1\n", ["larger than 262,144 bytes"]),
+    "a value of 100,000 characters": ("sampler: " + "x" * 100_000 + "\n", ["key 'sampler'", "'xxxx"]),
 }
 
 
@@ -210,4 +227,5 @@ def test_a_bad_parameters_file_stops_before_any_case(
     for word in words:
         assert word in run.stderr, (word, run.stderr)
     assert run.report is None and not out.exists()
+    assert len(run.stderr) < 5_000  # no value of the file is quoted unbounded
     assert set(GOOD)  # the good cases were there to be run
