@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,18 +98,7 @@ def read_volume(path: Path) -> Volume:
             voxels, a non-finite scaling or affine; a gzip stream that inflates to more than its header
             declares; complex or RGB data; not 3D; non-finite voxels.
     """
-    path = Path(path)
-    size = _require_regular_file(path)
-    try:
-        image = _load_image(path, size)
-        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise VolumeError(f"not a NIfTI image ({type(image).__name__})")
-        _check_declared(image.header)
-        data = np.asarray(image.get_fdata(dtype=np.float64))
-    except VolumeError:
-        raise
-    except _READ_ERRORS as exc:  # the reader's boundary (see above)
-        raise VolumeError(f"cannot read NIfTI file ({_reason(exc)})") from exc
+    image, data = _read(Path(path), lambda image: image.get_fdata(dtype=np.float64))
     if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
@@ -127,27 +117,30 @@ def read_volume(path: Path) -> Volume:
     return Volume(data=data, header=header, path=Path(path))
 
 
-def read_image(path: Path) -> nib.Nifti1Image:
-    """A NIfTI image whose header passed the checks of :func:`read_volume` (data type, grid size,
-    scaling, affine; a ``.nii.gz`` inflated no further than its header declares), voxels not yet read:
-    for files that are not intensity volumes (label volumes of a segmenter), read with
-    ``np.asanyarray(image.dataobj)``.
+def read_labels(path: Path) -> np.ndarray:
+    """The voxel values of a label volume (a segmenter's output) in their stored type, read through the
+    checks and the boundary of :func:`read_volume` (its header checked, a ``.nii.gz`` inflated no
+    further than its header declares).
 
     Raises:
-        VolumeError: as :func:`read_volume`, for the header and the gzip stream.
+        VolumeError: as :func:`read_volume`, for the file, its header and its gzip stream.
     """
-    path = Path(path)
+    return _read(Path(path), lambda image: np.asanyarray(image.dataobj))[1]
+
+
+def _read(path: Path, values: Callable[[nib.Nifti1Image], np.ndarray]) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image of ``path`` and ``values`` of it, every failure a :class:`VolumeError` (the boundary)."""
     size = _require_regular_file(path)
     try:
         image = _load_image(path, size)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise VolumeError(f"not a NIfTI image ({type(image).__name__})")
         _check_declared(image.header)
+        return image, np.asarray(values(image))
     except VolumeError:
         raise
-    except _READ_ERRORS as exc:
+    except _READ_ERRORS as exc:  # the reader's boundary (see read_volume)
         raise VolumeError(f"cannot read NIfTI file ({_reason(exc)})") from exc
-    return image
 
 
 #: What parsing a file may raise, from nibabel (its header and image errors, and the builtin types it

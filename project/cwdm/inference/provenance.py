@@ -27,7 +27,7 @@ from typing import Any
 import nibabel as nib
 
 from ..cases.discovery import Case
-from ..config import SamplingSettings
+from ..config import SamplingSettings, shown
 from ..sequences import MRISequence, condition_order
 from ..version import __version__
 
@@ -149,24 +149,43 @@ def stamp(header: nib.Nifti1Header, record: Mapping[str, Any]) -> nib.Nifti1Head
     return stamped
 
 
+#: The largest extension read back as a record (a record takes about 2 KB).
+MAX_RECORD_BYTES = 2**16
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """The provenance record in an output's header; ``None`` when it has none (not written by cwdm, or
-    by a version before records) or the file cannot be read."""
+    by a version before records), the file cannot be read, or the record is not one this package writes
+    (larger than :data:`MAX_RECORD_BYTES`, nested too deep, ``settings`` or ``model`` not mappings)."""
     try:
         image = nib.load(str(path))
+        extensions = list(getattr(image.header, "extensions", ()))
     except Exception as exc:  # noqa: BLE001 - any unreadable file simply has no record
         log.debug("no provenance in %s (%s)", path, exc)
         return None
-    for extension in getattr(image.header, "extensions", ()):
+    for extension in extensions:
         if extension.get_code() != EXTENSION_CODE:
             continue
-        try:
-            record = json.loads(extension.get_content().rstrip(b"\x00 "))
-        except (ValueError, UnicodeDecodeError):
+        content = extension.get_content()
+        if not isinstance(content, bytes) or len(content) > MAX_RECORD_BYTES:
             continue
-        if isinstance(record, dict) and record.get("kind") == RECORD_KIND:
+        try:
+            record = json.loads(content.rstrip(b"\x00 "))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if _is_record(record):
             return record
     return None
+
+
+def _is_record(record: Any) -> bool:
+    """Whether ``record`` has the shape of the records :func:`stamp` writes, as far as a rerun reads it."""
+    return (
+        isinstance(record, dict)
+        and record.get("kind") == RECORD_KIND
+        and isinstance(record.get("settings", {}), dict)
+        and isinstance(record.get("model") or {}, dict)
+    )
 
 
 def settings_mismatch(
@@ -178,7 +197,7 @@ def settings_mismatch(
         return ()
     made = recorded.get("settings", {})
     differences = [
-        f"{key}: output {made.get(key)!r}, run {settings[key]!r}"
+        f"{key}: output {shown(made.get(key))}, run {settings[key]!r}"
         for key in COMPARED
         if key in settings and made.get(key) != settings[key]
     ]
