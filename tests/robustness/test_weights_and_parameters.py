@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,26 @@ def _nan_weights(w: Path) -> None:
     save_file(tensors, w / "t1n.safetensors")
 
 
+def _inflating(w: Path) -> None:
+    """The checkpoint as a torch archive whose first tensor's entry is a deflated GiB of zeros (torch
+    reads deflated entries): about 5 MB on disk."""
+    path = w / "t1n.pt"
+    torch.save(load_file(w / "t1n.safetensors"), path)
+    (w / "t1n.safetensors").unlink()
+    original = zipfile.ZipFile(path)
+    entries = [(info.filename, original.read(info)) for info in original.infolist()]
+    original.close()
+    chunk = bytes(16 * 2**20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, content in entries:
+            if name.endswith("/data/0"):
+                with archive.open(name, "w", force_zip64=True) as entry:
+                    for _ in range(64):
+                        entry.write(chunk)
+            else:
+                archive.writestr(name, content)
+
+
 def _folder(w: Path) -> None:
     (w / "t1n.safetensors").unlink()
     (w / "t1n.safetensors").mkdir()
@@ -88,6 +109,10 @@ CHECKPOINTS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     ),
     "NaN weights": (_nan_weights, ("no model for target t1n", "NaN or infinite values in 1 tensors")),
     "a folder": (_folder, ("no model for target t1n", "no checkpoint for target t1n")),
+    "an archive inflating to a GiB": (
+        _inflating,
+        ("no model for target t1n", "t1n.pt", "1,074,256,971 bytes, more than the", "exhaust memory"),
+    ),
 }
 
 
