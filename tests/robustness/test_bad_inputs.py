@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from cwdm.cases import volumes
+from cwdm.cases.reader import read_case_file
+from cwdm.errors import VolumeReadError
 from cwdm.inference.provenance import read_record
 
 from ..conftest import AFFINE
@@ -705,3 +707,34 @@ def test_an_unlistable_data_folder_stops_before_any_case(
     assert run.code == 2
     assert f"cannot list the data folder {data} (Permission denied)" in run.stderr
     assert run.report is None and not run.out.exists()
+
+
+def test_a_damaged_header_ends_in_a_volume_read_error_and_nothing_else(tmp_path: Path) -> None:
+    """Seeded random damage to the header bytes (random bytes, and values such as -1, NaN, infinity,
+    32767 written over fields), compressed or not: every failure is a VolumeReadError naming the file,
+    whatever nibabel, the inflater or numpy raised underneath; what is read is finite."""
+    rng = np.random.default_rng(7)
+    base = nifti_bytes(good_levels(3, (8, 8, 8)), dtype=np.int16)
+    values = [b"\xff\xff\xff\xff", b"\x00\x00\x80\x7f", b"\x00\x00\xc0\x7f", b"\xff\x7f", b"\x00\x80"]
+    refused = 0
+    for number in range(300):
+        content = bytearray(base)
+        for _ in range(int(rng.integers(1, 5))):
+            at = int(rng.integers(0, 352))
+            if rng.random() < 0.5:
+                content[at] = int(rng.integers(0, 256))
+            else:
+                value = values[int(rng.integers(0, len(values)))]
+                content[at : at + len(value)] = value
+        path = tmp_path / f"BraTS-GLI-00900-000-t1c{'.nii.gz' if number % 2 else '.nii'}"
+        path.write_bytes(gzip.compress(bytes(content)) if number % 2 else bytes(content))
+        try:
+            volume = read_case_file(BAD, path, "t1c volume")
+        except VolumeReadError as exc:
+            assert exc.case_id == BAD and exc.path == path and path.name in str(exc)
+            assert "\n" not in str(exc) and len(str(exc)) < 600
+            refused += 1
+        else:
+            assert np.isfinite(volume.data).all() and np.isfinite(volume.affine).all()
+        path.unlink()
+    assert 50 < refused < 300  # both outcomes were exercised

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import cwdm
+from cwdm.cases import gzip_codec
 from cwdm.config import expand_sweep_grid, load_model_spec
 from cwdm.errors import ConfigError
 
@@ -176,3 +177,22 @@ def test_a_message_lists_a_few_of_many_errors_and_quotes_values_bounded(tmp_path
     assert message.startswith(f"{spec}: key 'channel_mult.0': Input should be a valid integer (got 'xxx")
     assert "and 192 more" in message
     assert len(message) < 2_000
+
+
+@pytest.mark.parametrize("implementation", ["isal", "zlib"])
+def test_both_inflaters_stop_at_the_bound(implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if implementation == "zlib":
+        monkeypatch.setattr(gzip_codec, "_isal_zlib", None)
+    elif gzip_codec._isal_zlib is None:
+        pytest.skip("isal is not installed")
+    content = nifti_bytes(good_levels(3))
+    honest = gzip.compress(content[:1000]) + gzip.compress(content[1000:])  # two members
+    assert gzip_codec.decompress(honest, max_size=len(content)) == content
+    with pytest.raises(gzip_codec.GzipSizeError, match=f"more than {len(content) - 1:,} bytes"):
+        gzip_codec.decompress(honest, max_size=len(content) - 1)
+    start = time.perf_counter()
+    with pytest.raises(gzip_codec.GzipSizeError):
+        gzip_codec.decompress(gzip_bomb(content, extra_mib=256), max_size=len(content) + 2**20)
+    assert time.perf_counter() - start < REFUSAL_S
+    with pytest.raises(gzip_codec.GzipError, match="end-of-stream marker"):
+        gzip_codec.decompress(honest[:-40])
