@@ -23,7 +23,7 @@ import pytest
 
 import cwdm
 from cwdm.cases import gzip_codec
-from cwdm.config import expand_sweep_grid, load_model_spec
+from cwdm.config import expand_sweep_grid, load_run_parameters
 from cwdm.errors import ConfigError
 
 from .conftest import good_levels, gzip_bomb, nifti_bytes
@@ -169,13 +169,14 @@ def test_a_sweep_grid_of_a_trillion_settings_is_refused_before_any_is_built() ->
 
 
 def test_a_message_lists_a_few_of_many_errors_and_quotes_values_bounded(tmp_path: Path) -> None:
-    spec = tmp_path / "model.yaml"
-    spec.write_text("channel_mult: [" + ", ".join(["'" + "x" * 1000 + "'"] * 200) + "]\n")
+    parameters = tmp_path / "parameters.yaml"
+    value = "x" * 1000
+    parameters.write_text(f"sampler: {value}\n" + "".join(f"key{n}: {value}\n" for n in range(200)))
     with pytest.raises(ConfigError) as caught:
-        load_model_spec(spec)
+        load_run_parameters(parameters)
     message = str(caught.value)
-    assert message.startswith(f"{spec}: key 'channel_mult.0': Input should be a valid integer (got 'xxx")
-    assert "and 192 more" in message
+    assert message.startswith(f"{parameters}: key 'sampler': Input should be 'ddpm' or 'ddim' (got 'xxx")
+    assert "unknown key 'key0'" in message and "and 193 more" in message
     assert len(message) < 2_000
 
 
