@@ -158,8 +158,11 @@ _REPR.maxset, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 4, _SHOWN_CHARS, 
 def shown(value: Any) -> str:
     """A value read from a file, quoted for a message: its ``repr``, bounded in depth, items and length
     (a value from a file may be megabytes long, or a structure of shared parts far larger unrolled)."""
-    text = _REPR.repr(value)
-    return text if len(text) <= 2 * _SHOWN_CHARS else text[: 2 * _SHOWN_CHARS - 3] + "..."
+    return _clip_text(_REPR.repr(value))
+
+
+def _clip_text(text: str, limit: int = 2 * _SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _format_errors(source: str, exc: ValidationError) -> str:
@@ -167,11 +170,12 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     lines = []
     for error in errors[:_SHOWN_ERRORS]:
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        key = key if len(key) <= _SHOWN_CHARS else key[: _SHOWN_CHARS - 3] + "..."
+        key = _clip_text(key, _SHOWN_CHARS)
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}")
         else:
-            lines.append(f"key {key!r}: {error['msg']} (got {shown(error.get('input'))})")
+            # a validator's message may quote the value too (``got ...``): both are cut short
+            lines.append(f"key {key!r}: {_clip_text(error['msg'])} (got {shown(error.get('input'))})")
     if len(errors) > _SHOWN_ERRORS:
         lines.append(f"and {len(errors) - _SHOWN_ERRORS} more")
     return f"{source}: " + "; ".join(lines)
@@ -274,8 +278,7 @@ def _read_yaml(path: Path) -> Any:
 
 def _clipped(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, at most ``limit`` characters (YAML's quote a line of the file)."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return _clip_text(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()), limit)
 
 
 def parse_run_parameters(data: Any, source: str = "parameters") -> RunParameters:
@@ -326,7 +329,7 @@ def load_model_spec(path: Path) -> ModelSpec:
     try:
         spec.denoiser_config()
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {_clipped(exc)}") from exc
     return spec
 
 

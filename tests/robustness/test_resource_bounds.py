@@ -23,7 +23,7 @@ import pytest
 
 import cwdm
 from cwdm.cases import gzip_codec
-from cwdm.config import expand_sweep_grid, load_run_parameters
+from cwdm.config import expand_sweep_grid, load_model_spec, load_run_parameters
 from cwdm.errors import ConfigError
 
 from .conftest import good_levels, gzip_bomb, nifti_bytes
@@ -197,3 +197,11 @@ def test_both_inflaters_stop_at_the_bound(implementation: str, monkeypatch: pyte
     assert time.perf_counter() - start < REFUSAL_S
     with pytest.raises(gzip_codec.GzipError, match="end-of-stream marker"):
         gzip_codec.decompress(honest[:-40])
+
+
+def test_an_architecture_of_a_4000_digit_width_is_refused_with_a_short_message(tmp_path: Path) -> None:
+    spec = tmp_path / "model.yaml"
+    spec.write_text("model_channels: " + "7" * 4000 + "\nchannel_mult: [1, 2]\nnum_groups: 8\n")
+    with pytest.raises(ConfigError, match="num_groups") as caught:
+        load_model_spec(spec)
+    assert str(caught.value).startswith(str(spec)) and len(str(caught.value)) < 1_000
