@@ -191,7 +191,7 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Our fp32 denoiser step against plain eager fp32 of the same module, interleaved, at a reduced size."""
     if args.cpu_weights is not None:
         weights = WeightsDir.open(args.cpu_weights)
-        config = weights.spec.denoiser_config()
+        config = weights.spec.architecture
         model = weights.load(args.target, torch.device("cpu"))
     else:
         config = DenoiserConfig(model_channels=args.cpu_width, num_groups=min(32, args.cpu_width))

@@ -123,7 +123,7 @@ def write_tiny_weights(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     for index, target in enumerate(targets):
-        model = randomised(Denoiser(spec.denoiser_config()), seed=index, scale=0.05)
+        model = randomised(Denoiser(spec.architecture), seed=index, scale=0.05)
         write_state_dict(model.state_dict(), folder / f"{target}.safetensors")
     return folder
 

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "project" / "cwdm"
 
-FOUNDATION = {"errors", "sequences", "atomic", "version"}
+FOUNDATION = {"errors", "sequences", "atomic", "version", "choices"}
 #: Which parts each part may import (besides itself). The entry points (cli, the package's __init__)
 #: may import anything.
 MAY_IMPORT: dict[str, set[str]] = {
@@ -22,8 +22,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "sequences": set(),
     "atomic": set(),
     "version": set(),
+    "choices": set(),
     "signals": {"errors"},
-    "method": {"errors"},
+    "method": {"errors", "choices"},
     "cases": FOUNDATION,
     "config": FOUNDATION | {"method", "cases"},
     "runtime": FOUNDATION | {"config"},

@@ -63,7 +63,7 @@ def test_cpu_part_times_a_real_weights_folder_in_its_own_architecture(
     folder = tmp_path / "weights"
     folder.mkdir()
     (folder / "model.yaml").write_text(spec.to_yaml())
-    write_state_dict(Denoiser(spec.denoiser_config()).state_dict(), folder / "t2f.safetensors")
+    write_state_dict(Denoiser(spec.architecture).state_dict(), folder / "t2f.safetensors")
     out = tmp_path / "results.json"
     args = ["--cpu-only", "--cpu-size", "16,16,16", "--cpu-reps", "1", "--json", str(out)]
     assert bench.main([*args, "--cpu-weights", str(folder), "--target", "t2f"]) == 0

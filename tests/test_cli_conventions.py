@@ -8,15 +8,11 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from typing import get_args
 
 import pytest
 from typer.testing import CliRunner
 
 from cwdm import cli, config
-from cwdm.cases.preprocessing import PostprocessName
-from cwdm.method.sampling import SamplerName
-from cwdm.method.schedule import TimestepSpacing
 from cwdm.version import __version__
 from cwdm.weights import shipped
 
@@ -64,14 +60,6 @@ def test_sweep_and_evaluate_help_list_choices_and_defaults() -> None:
     assert "[default: auto]" in _help("sweep")
     assert "<brats2021|brats2023|brats2024>" in _help("evaluate")
     assert "<constant|cosine>" in _help("train")
-
-
-def test_the_cli_choices_are_the_config_choices() -> None:
-    assert set(get_args(cli.Sampler)) == set(get_args(SamplerName))
-    assert set(get_args(cli.Spacing)) == set(get_args(TimestepSpacing))
-    assert set(get_args(cli.Device)) == set(get_args(config.DeviceName))
-    assert set(get_args(cli.Precision)) == set(get_args(config.PrecisionName))
-    assert set(get_args(cli.Postprocess)) == set(get_args(PostprocessName))
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def test_defaults_are_the_published_configuration() -> None:
     assert params.postprocess == "brain_mask"
     spec = ModelSpec()
     assert (spec.sampling_steps, spec.sampler, spec.diffusion_steps) == (1000, "ddpm", 1000)
-    assert spec.denoiser_config() == DenoiserConfig()
+    assert spec.architecture == DenoiserConfig()
 
 
 def test_full_parameters_file(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_model_spec_round_trip_and_list_channel_mult(tmp_path: Path) -> None:
     assert "channel_mult:\n- 1\n- 2\n" in path.read_text()
     loaded = load_model_spec(path)
     assert loaded == spec
-    assert loaded.denoiser_config() == DenoiserConfig(model_channels=8, channel_mult=(1, 2), num_groups=8)
+    assert loaded.architecture == DenoiserConfig(model_channels=8, channel_mult=(1, 2), num_groups=8)
 
 
 def test_missing_model_yaml_is_the_published_model(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_the_steps_label_is_singular_for_one_step() -> None:
 
     def label(steps: int) -> str:
         return SamplingSettings(
-            steps=steps, sampler="ddim", seed=0, batch_size=1, postprocess="brain_mask"
+            sampling_steps=steps, sampler="ddim", seed=0, batch_size=1, postprocess="brain_mask"
         ).steps_label
 
     assert (label(1), label(2), label(1000)) == ("1 step", "2 steps", "1000 steps")

@@ -63,7 +63,7 @@ class CopyCondition(nn.Module):
 
 
 def _settings(**changes: object) -> SamplingSettings:
-    values = {"steps": 3, "sampler": "ddpm", "seed": 0, "batch_size": 1, "postprocess": "brain_mask"}
+    values = {"sampling_steps": 3, "sampler": "ddpm", "seed": 0, "batch_size": 1, "postprocess": "brain_mask"}
     values.update(changes)
     return SamplingSettings(**values)  # type: ignore[arg-type]
 
@@ -221,12 +221,12 @@ def test_missing_model_fails_the_affected_cases_and_names_them(
 
 def test_from_weights_settings_fall_back_to_model_yaml(tmp_path: Path, tiny_weights: Path) -> None:
     synth = Synthesizer.from_weights(tiny_weights, RunParameters(device="cpu"), ["t2f"])
-    assert (synth.settings.steps, synth.settings.sampler) == (2, "ddpm")  # TINY_SPEC's defaults
+    assert (synth.settings.sampling_steps, synth.settings.sampler) == (2, "ddpm")  # TINY_SPEC's defaults
     assert set(synth.models) == {MRISequence.T2F} and synth.multiple == 4
     assert not synth.models[MRISequence.T2F].training
     params = RunParameters(device="cpu", sampling_steps=5, sampler="ddim", seed=9, batch_size=3)
     synth = Synthesizer.from_weights(tiny_weights, params, [])
-    assert (synth.settings.steps, synth.settings.sampler, synth.settings.seed) == (5, "ddim", 9)
+    assert (synth.settings.sampling_steps, synth.settings.sampler, synth.settings.seed) == (5, "ddim", 9)
     assert synth.models == {}
 
 

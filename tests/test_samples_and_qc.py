@@ -34,7 +34,7 @@ CASE = "BraTS-GLI-00001-000"
 
 
 def _settings(**changes: object) -> SamplingSettings:
-    values = {"steps": 3, "sampler": "ddpm", "seed": 7, "batch_size": 1, "postprocess": "brain_mask"}
+    values = {"sampling_steps": 3, "sampler": "ddpm", "seed": 7, "batch_size": 1, "postprocess": "brain_mask"}
     return SamplingSettings(**(values | changes))  # type: ignore[arg-type]
 
 

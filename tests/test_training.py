@@ -6,6 +6,7 @@ import csv
 import math
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -26,7 +27,14 @@ from cwdm.weights.folder import WeightsDir
 from .conftest import smooth_blobs
 
 TINY_SPEC = ModelSpec(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8)
-MULTIPLE = 2 * TINY_SPEC.denoiser_config().size_multiple
+MULTIPLE = 2 * TINY_SPEC.architecture.size_multiple
+
+
+def with_architecture(**changes: object) -> ModelSpec:
+    """TINY_SPEC with some architecture keys changed."""
+    return TINY_SPEC.model_copy(update={"architecture": replace(TINY_SPEC.architecture, **changes)})
+
+
 SHAPE = (16, 16, 12)
 AFFINE = np.array([[0.0, -1.1, 0, 20], [1.2, 0, 0, -10], [0, 0, 1.3, 4], [0, 0, 0, 1]])
 CASES = ("BraTS-GLI-00001-000", "BraTS-GLI-00002-000")
@@ -223,7 +231,11 @@ def test_init_weights_start_a_run_from_exported_weights(train_dir, tmp_path):
     assert second.step == 0 and not second.optimizer.state  # a fresh optimiser
     with pytest.raises(CheckpointError, match="does not match"):
         trainer(
-            train_dir, tmp_path / "third", spec=ModelSpec(**{**TINY_SPEC.model_dump(), "model_channels": 16})
+            train_dir,
+            tmp_path / "third",
+            spec=TINY_SPEC.model_copy(
+                update={"architecture": replace(TINY_SPEC.architecture, model_channels=16)}
+            ),
         ).load_weights(exported)
 
 
@@ -304,7 +316,7 @@ def test_a_stop_request_checkpoints_the_finished_step_and_the_rerun_continues_id
         ({"target": "t1n"}, "target"),
         ({"seed": 6}, "seed"),
         ({"crop_size": (8, 8, 8)}, "crop_size"),
-        ({"spec": TINY_SPEC.model_copy(update={"num_res_blocks": 2})}, "spec"),
+        ({"spec": with_architecture(num_res_blocks=2)}, "spec"),
     ],
     ids=["lr", "target", "seed", "crop", "architecture"],
 )
@@ -361,7 +373,7 @@ def test_exported_weights_reproduce_the_model(train_dir, tmp_path, ema_rate):
     path = run.run()
     weights = WeightsDir.open(run.weights_dir)
     assert weights.spec == TINY_SPEC and weights.checkpoint(MRISequence.T2F) == path
-    loaded = load_denoiser(path, weights.spec.denoiser_config())
+    loaded = load_denoiser(path, weights.spec.architecture)
     source = run.ema if ema_rate else run.model
     x, t = torch.randn(2, 32, 8, 8, 6, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 700])
     with torch.no_grad():
@@ -464,8 +476,8 @@ def test_cli_train_runs_end_to_end_and_resumes(train_dir, tmp_path):
     assert [int(row["step"]) for row in rows] == [1, 2, 3, 4, 5]  # resumed at 3, nothing repeated
     assert all(math.isfinite(float(row["loss"])) for row in rows)
     weights = WeightsDir.open(out / "weights")
-    assert weights.spec.model_channels == 8 and weights.spec.channel_mult == (1, 2)
-    load_denoiser(weights.checkpoint(MRISequence.T1C), weights.spec.denoiser_config())
+    assert weights.spec.architecture.model_channels == 8 and weights.spec.architecture.channel_mult == (1, 2)
+    load_denoiser(weights.checkpoint(MRISequence.T1C), weights.spec.architecture)
 
     result = runner.invoke(
         app, ["train", str(train_dir), str(out), *TINY_OPTIONS, "--iterations", "6", "--lr", "1"]
@@ -611,4 +623,4 @@ def test_torchrun_with_two_cpu_processes_trains_one_model_with_gloo(train_dir, t
     rows = list(csv.DictReader((out / "train_log.csv").open()))
     assert [int(row["step"]) for row in rows] == [1, 2]  # rank 0 alone writes the log
     weights = WeightsDir.open(out / "weights")
-    load_denoiser(weights.checkpoint(MRISequence.T1C), weights.spec.denoiser_config())
+    load_denoiser(weights.checkpoint(MRISequence.T1C), weights.spec.architecture)

@@ -16,6 +16,15 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .choices import (
+    DeviceName,
+    LabelConventionName,
+    PostprocessName,
+    PrecisionName,
+    SamplerName,
+    TimestepSpacing,
+    TrainPrecisionName,
+)
 from .errors import CwdmError
 
 if TYPE_CHECKING:
@@ -40,15 +49,8 @@ app = typer.Typer(
 
 log = logging.getLogger("cwdm")
 
-# The choices of config.py's Literal types, repeated here so that --help lists them without importing
-# pydantic at start-up; tests/test_cli_conventions.py checks that the two stay the same.
-Sampler = Literal["ddpm", "ddim"]
-Spacing = Literal["linspace", "trailing"]
-Device = Literal["auto", "cuda", "cpu"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Postprocess = Literal["brain_mask", "threshold"]
-TrainPrecision = Literal["fp32", "bf16", "fp16"]
-LabelConvention = Literal["brats2021", "brats2023", "brats2024"]
+Sampler, Spacing, Device, Precision = SamplerName, TimestepSpacing, DeviceName, PrecisionName
+Postprocess, TrainPrecision, LabelConvention = PostprocessName, TrainPrecisionName, LabelConventionName
 
 #: One time-stamp format for every command's log lines (ISO 8601, local time).
 LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -288,7 +290,7 @@ class _InferProgress:
 
     def start(self, synth: Synthesizer, cases: Sequence[Case]) -> None:
         self.bars.update(self.cases, total=len(cases), visible=True)
-        self.bars.update(self.steps, total=synth.settings.steps)
+        self.bars.update(self.steps, total=synth.settings.sampling_steps)
 
     def case_done(self, result: CaseResult) -> None:
         del result  # each case's outcome and timing is logged by the pipeline

@@ -18,29 +18,46 @@ the published configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
 import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .cases.preprocessing import PostprocessName
+from .choices import (
+    CompileMode,
+    DeviceName,
+    LabelConventionName,
+    PostprocessName,
+    PrecisionName,
+    SamplerName,
+    ScheduleName,
+    SequenceName,
+    StructureName,
+    TimestepSpacing,
+)
 from .errors import ConfigError
 from .method.denoiser import DenoiserConfig
-from .method.sampling import SamplerName
-from .method.schedule import NoiseSchedule, TimestepSpacing
+from .method.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
 
-DeviceName = Literal["auto", "cuda", "cpu"]
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 #: The published number of diffusion (and sampling) steps.
 PUBLISHED_STEPS = 1000
@@ -93,49 +110,57 @@ class RunParameters(_Strict):
     cuda_graphs: StrictBool = False
 
 
+#: The architecture keys of ``model.yaml``: the fields of :class:`DenoiserConfig`, its one description.
+ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(DenoiserConfig))
+
+
 class ModelSpec(_Strict):
     """A weights directory's ``model.yaml``: architecture, training schedule and sampling defaults.
 
     The defaults are the published configuration, so a directory of published checkpoints needs no
-    ``model.yaml`` at all.
+    ``model.yaml`` at all. The file is flat: its architecture keys (:data:`ARCHITECTURE_KEYS`) are the
+    fields of :class:`DenoiserConfig`, which validates them, kept whole in :attr:`architecture`.
     """
 
-    model_channels: StrictInt = Field(default=64, ge=1)
-    channel_mult: tuple[StrictInt, ...] = (1, 2, 2, 4, 4)
-    num_res_blocks: StrictInt = Field(default=2, ge=1)
-    num_groups: StrictInt = Field(default=32, ge=1)
-    in_channels: StrictInt = Field(default=32, ge=1)
-    out_channels: StrictInt = Field(default=8, ge=1)
+    architecture: DenoiserConfig = Field(default_factory=DenoiserConfig)
     diffusion_steps: StrictInt = Field(default=PUBLISHED_STEPS, ge=1)
-    noise_schedule: Literal["linear", "cosine"] = "linear"
+    noise_schedule: ScheduleName = "linear"
     sampling_steps: StrictInt = Field(default=PUBLISHED_STEPS, ge=1)
     sampler: SamplerName = "ddpm"
     timestep_spacing: TimestepSpacing = "linspace"
 
-    @field_validator("channel_mult", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _list_to_tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
-
-    def denoiser_config(self) -> DenoiserConfig:
-        """The :class:`DenoiserConfig` this spec describes (validated there too)."""
-        return DenoiserConfig(
-            model_channels=self.model_channels,
-            channel_mult=self.channel_mult,
-            num_res_blocks=self.num_res_blocks,
-            num_groups=self.num_groups,
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-        )
+    def _gather_architecture(cls, data: Any) -> Any:
+        """Move the flat architecture keys into one :class:`DenoiserConfig` (its own checks apply)."""
+        if not isinstance(data, dict) or not any(key in data for key in ARCHITECTURE_KEYS):
+            return data
+        if "architecture" in data:
+            raise ValueError("give the architecture either as its keys or as 'architecture', not both")
+        rest = {key: value for key, value in data.items() if key not in ARCHITECTURE_KEYS}
+        if set(rest) - set(cls.model_fields):
+            return rest  # unknown keys are reported first, by the field validation
+        given = {key: data[key] for key in ARCHITECTURE_KEYS if key in data}
+        if isinstance(given.get("channel_mult"), list):
+            given["channel_mult"] = tuple(given["channel_mult"])
+        try:
+            architecture = DenoiserConfig(**given)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return rest | {"architecture": architecture}
 
     def schedule(self) -> NoiseSchedule:
         """The training noise schedule."""
         return NoiseSchedule.named(self.noise_schedule, self.diffusion_steps)
 
     def to_yaml(self) -> str:
-        data = self.model_dump()
-        data["channel_mult"] = list(data["channel_mult"])
-        return yaml.safe_dump(data, sort_keys=False)
+        """The flat ``model.yaml`` text. ``dropout`` (a training-only setting, 0 published) is written
+        only when set, so that files written before it was a key read back byte for byte."""
+        architecture = dataclasses.asdict(self.architecture)
+        architecture["channel_mult"] = list(architecture["channel_mult"])
+        if not architecture["dropout"]:
+            del architecture["dropout"]
+        return yaml.safe_dump(architecture | self.model_dump(exclude={"architecture"}), sort_keys=False)
 
 
 #: The largest YAML file read (parameters files take a few hundred bytes, sweep grids a few kilobytes).
@@ -189,7 +214,8 @@ def _validate(model: type[_Strict], data: Any, source: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        allowed = ", ".join(model.model_fields)
+        names = [name for name in model.model_fields if name != "architecture"]
+        allowed = ", ".join([*ARCHITECTURE_KEYS, *names] if model is ModelSpec else names)
         raise ConfigError(_format_errors(source, exc) + f". Allowed keys: {allowed}") from exc
 
 
@@ -325,40 +351,48 @@ def load_model_spec(path: Path) -> ModelSpec:
     path = Path(path)
     if not path.exists():
         return ModelSpec()
-    spec = _validate(ModelSpec, _read_yaml(path), str(path))
-    try:
-        spec.denoiser_config()
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {_clipped(exc)}") from exc
-    return spec
+    return _validate(ModelSpec, _read_yaml(path), str(path))
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
     """The effective sampling settings of a run: parameters.yaml over model.yaml over the published ones.
 
+    Field names are the ``parameters.yaml`` keys. Every field changes the written voxels except those
+    marked ``changes_output=False`` in their metadata; :meth:`output_record` is derived from that, so a
+    new setting is compared on reruns and recorded in outputs by being declared here.
+
     Attributes:
-        steps: Reverse-diffusion steps, respaced from the training schedule.
         sampler: ``ddpm`` or ``ddim``.
-        spacing: Which timesteps the respacing keeps (``linspace`` or ``trailing``).
+        sampling_steps: Reverse-diffusion steps, respaced from the training schedule.
+        timestep_spacing: Which timesteps the respacing keeps (``linspace`` or ``trailing``).
         samples: Draws per case (their mean is written).
         seed: The run seed (each case's generator derives from it).
-        batch_size: Cases of one target sampled together.
         postprocess: The post-processing variant.
+        batch_size: Cases of one target sampled together (each draw has its own generator, so the
+            outputs do not depend on it).
     """
 
-    steps: int
     sampler: SamplerName
-    seed: int
-    batch_size: int
-    postprocess: PostprocessName
-    spacing: TimestepSpacing = "linspace"
+    sampling_steps: int
+    timestep_spacing: TimestepSpacing = "linspace"
     samples: int = 1
+    seed: int = 42
+    postprocess: PostprocessName = "brain_mask"
+    batch_size: int = field(default=1, metadata={"changes_output": False})
 
     @property
     def steps_label(self) -> str:
         """``"1 step"``, ``"10 steps"``: for summaries and logs."""
-        return f"{self.steps} step" + ("" if self.steps == 1 else "s")
+        return f"{self.sampling_steps} step" + ("" if self.sampling_steps == 1 else "s")
+
+    def output_record(self, precision: str) -> dict[str, Any]:
+        """The settings that change the written voxels, by their YAML names, and the precision the
+        network ran at: what an output's provenance records and a rerun compares."""
+        changing = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("changes_output", True)
+        }
+        return changing | {"precision": precision}
 
     @classmethod
     def resolve(
@@ -387,13 +421,13 @@ class SamplingSettings:
                 "sees pure noise as if it were clean); timestep_spacing: trailing keeps t = T - 1"
             )
         return cls(
-            steps=steps,
             sampler=params.sampler or spec.sampler,
-            seed=params.seed,
-            batch_size=params.batch_size,
-            postprocess=params.postprocess,
-            spacing=spacing,
+            sampling_steps=steps,
+            timestep_spacing=spacing,
             samples=params.samples,
+            seed=params.seed,
+            postprocess=params.postprocess,
+            batch_size=params.batch_size,
         )
 
 
@@ -470,9 +504,6 @@ def load_sweep_grid(path: Path) -> list[SweepSetting]:
 # -- segmenters (``cwdm evaluate --segmenter``) ------------------------------------------------------
 #: The file name of a reference segmenter's architecture, beside its weights.
 SEGMENTER_SPEC_NAME = "segmenter.yaml"
-SequenceName = Literal["t1n", "t1c", "t2w", "t2f"]
-StructureName = Literal["NCR", "ED", "ET", "RC"]
-LabelConventionName = Literal["brats2021", "brats2023", "brats2024"]
 
 
 def _four_sequences(value: Any) -> Any:

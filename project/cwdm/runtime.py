@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DeviceName, PrecisionName
+from .choices import DeviceName, PrecisionName
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)

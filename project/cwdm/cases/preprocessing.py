@@ -12,7 +12,6 @@ inference").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -24,7 +23,6 @@ _BRATS_CROPPED_SIZE = 240
 _BRATS_MARGIN = 8
 #: The challenge script's background threshold (REFERENCE.md section 6).
 THRESHOLD = 0.04
-PostprocessName = Literal["brain_mask", "threshold"]
 
 
 def clip_percentiles(data: np.ndarray) -> tuple[float, float]:

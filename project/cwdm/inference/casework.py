@@ -24,9 +24,10 @@ import numpy as np
 
 from ..cases.contract import contract_warnings
 from ..cases.discovery import Case
-from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, PostprocessName, normalise
+from ..cases.preprocessing import POSTPROCESSES, NetworkLayout, normalise
 from ..cases.reader import check_same_grid, read_case_file, read_segmentation
 from ..cases.volumes import Volume, write_volume_atomic
+from ..choices import PostprocessName
 from ..errors import CaseError
 from ..qc.previews import Panel, render_preview
 from ..sequences import MRISequence, condition_order

@@ -39,8 +39,6 @@ EXTENSION_CODE = 6
 INTENT_NAME = "SYNTHETIC cwdm"
 METHOD = "cWDM conditional wavelet diffusion"
 DESCRIP_BYTES = 80
-#: The settings compared on a rerun: those that change the written voxels.
-COMPARED = ("sampler", "sampling_steps", "timestep_spacing", "samples", "seed", "postprocess", "precision")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -66,16 +64,8 @@ class DigestCache:
 
 
 def run_settings(settings: SamplingSettings, precision: str) -> dict[str, Any]:
-    """The settings of a run that change the written voxels, named as in parameters.yaml."""
-    return {
-        "sampler": settings.sampler,
-        "sampling_steps": settings.steps,
-        "timestep_spacing": settings.spacing,
-        "samples": settings.samples,
-        "seed": settings.seed,
-        "postprocess": settings.postprocess,
-        "precision": precision,
-    }
+    """The settings of a run that change the written voxels (:meth:`SamplingSettings.output_record`)."""
+    return settings.output_record(precision)
 
 
 def case_record(
@@ -198,8 +188,8 @@ def settings_mismatch(
     made = recorded.get("settings", {})
     differences = [
         f"{key}: output {shown(made.get(key))}, run {settings[key]!r}"
-        for key in COMPARED
-        if key in settings and made.get(key) != settings[key]
+        for key in settings
+        if made.get(key) != settings[key]
     ]
     made_model = (recorded.get("model") or {}).get("sha256")
     if model_sha256 is not None and made_model != model_sha256:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,15 +199,7 @@ class RunReport:
             "device": str(self.runtime.device),
             "precision": self.runtime.precision,
             "runtime_notes": list(self.runtime.notes),
-            "settings": {
-                "sampling_steps": self.settings.steps,
-                "sampler": self.settings.sampler,
-                "seed": self.settings.seed,
-                "batch_size": self.settings.batch_size,
-                "postprocess": self.settings.postprocess,
-                "timestep_spacing": self.settings.spacing,
-                "samples": self.settings.samples,
-            },
+            "settings": asdict(self.settings),
             "models": {str(seq): str(path) for seq, path in self.models.items()},
             "unavailable_models": {str(seq): reason for seq, reason in self.unavailable.items()},
             "part": None if self.part is None else self.part.to_record() | {"cases_total": self.cases_total},

@@ -632,7 +632,7 @@ class Synthesizer:
             coeffs = sample(
                 self._network(self.models[target]),
                 cond,
-                steps=self.settings.steps,
+                steps=self.settings.sampling_steps,
                 generator=[
                     sample_generator(self.settings.seed, item.case.case_id, index, device)
                     for item, index in draws
@@ -640,7 +640,7 @@ class Synthesizer:
                 clip=True,
                 sampler=self.settings.sampler,
                 schedule=self.schedule,
-                spacing=self.settings.spacing,
+                spacing=self.settings.timestep_spacing,
                 on_step=step_callback,
             )
             return decode(coeffs)[:, 0].float().cpu().numpy()

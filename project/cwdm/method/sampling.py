@@ -12,16 +12,16 @@ does not depend on which other cases share its batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from ..choices import SamplerName, TimestepSpacing
 from ..errors import ConfigError, ShapeError
-from .schedule import NoiseSchedule, TimestepSpacing
+from .schedule import NoiseSchedule
 from .wavelets import NUM_BANDS, clip_coeffs
 
-SamplerName = Literal["ddpm", "ddim"]
 X0Transform = Callable[[Tensor], Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 StepCallback = Callable[[int, int], None]

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from ..choices import ScheduleName, TimestepSpacing
 from ..errors import ConfigError
 
-ScheduleName = Literal["linear", "cosine"]
 #: How respaced sampling picks its timesteps: ``linspace`` (published: first and last included) or
 #: ``trailing`` (counted back from the last, Lin et al. 2024; the one that works down to one step).
-TimestepSpacing = Literal["linspace", "trailing"]
 
 
 def _linear_betas(num_steps: int) -> Tensor:

@@ -66,7 +66,7 @@ def train_targets(
     targets = [config.target for config in configs]
     if len(set(targets)) != len(targets) or not targets:
         raise ConfigError(f"expected one or more different targets, got {[str(t) for t in targets]}")
-    multiple = 2 * configs[0].spec.denoiser_config().size_multiple
+    multiple = 2 * configs[0].spec.architecture.size_multiple
     data = TrainingCases.from_folder(data_dir, multiple, cache_bytes=cache_bytes, cache_dir=cache_dir)
     out_dir = Path(out_dir)
     weights_dir = Path(weights_dir) if weights_dir is not None else out_dir / "weights"

@@ -101,7 +101,7 @@ class TrainingConfig:
         except ValueError as exc:
             names = ", ".join(str(seq) for seq in CANONICAL_ORDER)
             raise ConfigError(f"unknown target {self.target!r}; expected one of {names}") from exc
-        multiple = 2 * self.spec.denoiser_config().size_multiple
+        multiple = 2 * self.spec.architecture.size_multiple
         if self.crop_size is not None:
             crop = tuple(self.crop_size)
             if len(crop) != 3 or any(c < multiple or c % multiple for c in crop):
@@ -224,7 +224,7 @@ class Trainer:
 
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, identical on every rank
             torch.manual_seed(config.seed)
-            self.model = Denoiser(config.spec.denoiser_config()).to(self.device)
+            self.model = Denoiser(config.spec.architecture).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_rate else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")

@@ -117,7 +117,7 @@ class WeightsDir:
         Raises:
             CheckpointError: no checkpoint names ``target``, or it is unreadable, mis-shaped or damaged.
         """
-        return load_denoiser(self.checkpoint(target), self.spec.denoiser_config()).to(device)
+        return load_denoiser(self.checkpoint(target), self.spec.architecture).to(device)
 
     def schedule(self) -> NoiseSchedule:
         """The training noise schedule of the directory's models."""
@@ -178,7 +178,7 @@ class WeightsCheck:
 
     def lines(self) -> list[str]:
         """A plain-text report: the directory and architecture, then one line per target."""
-        arch = self.spec
+        arch = self.spec.architecture
         lines = [
             f"weights directory {self.root}",
             f"architecture from {self.spec_source}: model_channels {arch.model_channels}, channel_mult "
@@ -224,7 +224,7 @@ def check_weights(root: Path) -> WeightsCheck:
     spec = load_model_spec(spec_path)
     spec_source = str(spec_path) if spec_path.exists() else "the published configuration (no model.yaml)"
     with torch.device("meta"):  # keys and shapes only: nothing is allocated
-        reference = Denoiser(spec.denoiser_config())
+        reference = Denoiser(spec.architecture)
     found, unassigned = scan_checkpoints(root)
     checks = []
     for target, paths in found.items():
