@@ -7,10 +7,16 @@ exported weights, CSV tables, copied case files). Temporary files are named
 ``.cwdm-<name>.<random>.part``: hidden, and not ending in ``.nii.gz``, so that neither the organisers'
 evaluator nor a rerun mistakes one for an output. Only a killed process can leave one behind;
 :func:`remove_partial_files` clears them.
+
+A file name may not exceed :data:`NAME_MAX_BYTES` (255 bytes on ext4, XFS, Btrfs, tmpfs, NFS). The names
+of the helper files made beside a file (temporary files here, claim files in
+:mod:`cwdm.inference.claims`) hold :func:`helper_stem` of its name: the name itself, or, when the name is
+so long that a helper's would pass the limit, its start and a hash of the whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,9 +26,33 @@ from pathlib import Path
 #: Hidden prefix and suffix of the temporary files that atomic writes leave while in progress.
 PARTIAL_PREFIX = ".cwdm-"
 PARTIAL_SUFFIX = ".part"
+#: The longest file name (in bytes) of the file systems outputs go to.
+NAME_MAX_BYTES = 255
+#: Bytes a helper file's name may add to :func:`helper_stem` besides :data:`PARTIAL_PREFIX`: the longest
+#: is a stale claim renamed away, ``.lock.<8 hex>.part``; a temporary file adds ``.<8 random>.part``.
+_HELPER_EXTRA_BYTES = 32
 #: Files are left readable by every user: a container runs under an arbitrary uid, and ``mkstemp``'s
 #: 0600 would hide what one user wrote from the next.
 FILE_MODE = 0o644
+
+
+def name_bytes(name: str) -> int:
+    """The length of a file name in bytes, as the file system counts it."""
+    return len(os.fsencode(name))
+
+
+def helper_stem(name: str) -> str:
+    """What the names of the helper files of ``name`` (``.cwdm-<stem>.<random>.part``, ``.cwdm-<stem>.lock``)
+    hold: ``name`` itself when they fit :data:`NAME_MAX_BYTES`, else a readable start of ``name``, ``~``
+    and 16 hexadecimal digits of its SHA-256 (distinct names give distinct stems)."""
+    room = NAME_MAX_BYTES - name_bytes(PARTIAL_PREFIX) - _HELPER_EXTRA_BYTES
+    if name_bytes(name) <= room:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    start = name
+    while name_bytes(start) > room - 17:
+        start = start[: -max(1, (name_bytes(start) - room + 17) // 4)]
+    return f"{start}~{digest}"
 
 
 @contextmanager
@@ -38,11 +68,12 @@ def replacing(path: Path, *, mode: int = FILE_MODE) -> Iterator[Path]:
         mode: Permission bits of the written file.
 
     Raises:
-        OSError: the folder is not writable, the disk is full, ...; no temporary file remains.
+        OSError: the folder is not writable, the disk is full, the name is longer than the file system
+            takes, ...; no temporary file remains.
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f"{PARTIAL_PREFIX}{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent
+        prefix=f"{PARTIAL_PREFIX}{helper_stem(path.name)}.", suffix=PARTIAL_SUFFIX, dir=path.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)

@@ -23,6 +23,8 @@ import logging
 import os
 import shutil
 import stat
+import struct
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -124,6 +126,53 @@ def good_seed(case_id: str) -> int:
 
 def case_file(data: Path, case_id: str, seq: str, suffix: str = ".nii.gz") -> Path:
     return data / case_id / f"{case_id}-{seq}{suffix}"
+
+
+def patched(content: bytes, **fields: float) -> bytes:
+    """NIfTI-1 bytes with header fields overwritten in place, as a damaged or hostile writer would leave
+    them (nibabel's own setters refuse such values): ``scl_inter=inf``, ``datatype=1234``, ``dim1=-5``,
+    ``vox_offset=1e30``, ``srow_x0=nan``."""
+    block = bytearray(content)
+    for name, value in fields.items():
+        fmt, offset = _NIFTI1_FIELDS[name]
+        struct.pack_into(fmt, block, offset, value)
+    return bytes(block)
+
+
+#: Offsets of NIfTI-1 header fields (little-endian, as nibabel writes them on this machine).
+_NIFTI1_FIELDS = {
+    "dim0": ("<h", 40),
+    "dim1": ("<h", 42),
+    "datatype": ("<h", 70),
+    "pixdim1": ("<f", 80),
+    "vox_offset": ("<f", 108),
+    "scl_slope": ("<f", 112),
+    "scl_inter": ("<f", 116),
+    "srow_x0": ("<f", 280),
+}
+
+
+def gzip_bomb(content: bytes, extra_mib: int) -> bytes:
+    """One valid gzip member holding ``content`` followed by ``extra_mib`` MiB of zeros: an honest header
+    and volume, then a stream that inflates far past them (about 1 KB of file per MiB inflated).
+
+    Built without deflating the zeros more than once: a full flush resets the compressor, so the block of
+    a 16 MiB run of zeros is the same bytes each time and is repeated; the trailer's CRC and size are
+    those of the whole inflated content, so any gzip reader inflates all of it without error.
+    """
+    chunk_mib = 16
+    chunk = bytes(chunk_mib * 2**20)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = deflater.compress(content) + deflater.flush(zlib.Z_FULL_FLUSH)
+    block = deflater.compress(chunk) + deflater.flush(zlib.Z_FULL_FLUSH)
+    repeats = extra_mib // chunk_mib
+    crc = zlib.crc32(content)
+    for _ in range(repeats):
+        crc = zlib.crc32(chunk, crc)
+    size = len(content) + repeats * len(chunk)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    trailer = struct.pack("<II", crc, size % 2**32)
+    return header + first + block * repeats + deflater.flush(zlib.Z_FINISH) + trailer
 
 
 # -- snapshots of inputs ------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from cwdm.cases import volumes
+from cwdm.cases.reader import read_case_file
+from cwdm.errors import VolumeReadError
 from cwdm.inference.provenance import read_record
 
 from ..conftest import AFFINE
@@ -33,7 +35,9 @@ from .conftest import (
     good_levels,
     good_names,
     good_seed,
+    gzip_bomb,
     nifti_bytes,
+    patched,
     run_infer,
     snapshot,
     without_provenance,
@@ -241,13 +245,47 @@ def unreadable_file(data: Path, mp: pytest.MonkeyPatch) -> None:
 
     original_read_bytes = volumes.read_bytes
 
-    def read_bytes(filename: Path) -> bytes:  # the reader inflates .nii.gz itself (cwdm.cases.gzip_codec)
+    def read_bytes(filename: Path, limit: int = -1) -> bytes:  # the reader opens files itself too
         if Path(filename) == path:
             raise PermissionError(13, "Permission denied", str(filename))
-        return original_read_bytes(filename)
+        return original_read_bytes(filename, limit)
 
     mp.setattr(nib, "load", load)
     mp.setattr(volumes, "read_bytes", read_bytes)
+
+
+def infinite_intercept(data: Path, mp: pytest.MonkeyPatch) -> None:
+    content = nifti_bytes(good_levels(3), dtype=np.int16)  # int16 with scl_slope 2.5: the scaling counts
+    _bad_file(data).write_bytes(gzip.compress(patched(content, scl_inter=float("inf"))))
+
+
+def unknown_data_type(data: Path, mp: pytest.MonkeyPatch) -> None:
+    _bad_file(data).write_bytes(gzip.compress(patched(nifti_bytes(good_levels(3)), datatype=1234)))
+
+
+def negative_dimension(data: Path, mp: pytest.MonkeyPatch) -> None:
+    path = _bad_file(data)
+    path.unlink()
+    path.with_suffix("").write_bytes(patched(nifti_bytes(good_levels(3)), dim1=-5))
+
+
+def absurd_voxel_offset(data: Path, mp: pytest.MonkeyPatch) -> None:
+    path = _bad_file(data)
+    path.unlink()
+    path.with_suffix("").write_bytes(patched(nifti_bytes(good_levels(3)), vox_offset=1e30))
+
+
+def infinite_affine(data: Path, mp: pytest.MonkeyPatch) -> None:
+    _bad_file(data).write_bytes(gzip.compress(patched(nifti_bytes(good_levels(3)), srow_x0=float("nan"))))
+
+
+def inflates_past_its_header(data: Path, mp: pytest.MonkeyPatch) -> None:
+    _bad_file(data).write_bytes(gzip_bomb(nifti_bytes(good_levels(3)), extra_mib=64))
+
+
+def larger_than_its_header_allows(data: Path, mp: pytest.MonkeyPatch) -> None:
+    content = gzip.compress(nifti_bytes(good_levels(3)))
+    _bad_file(data).write_bytes(content + gzip.compress(os.urandom(3 * 2**20), compresslevel=1))
 
 
 # (maker, status, error type, words in the error: the first is looked for on stderr, file: named file)
@@ -414,6 +452,48 @@ FAILURES: dict[str, tuple[Maker, str, str | None, tuple[str, ...]]] = {
         "failed",
         "VolumeReadError",
         ("t1c volume BraTS-GLI-00900-000-t1c.nii.gz", "Permission denied"),
+    ),
+    "infinite scaling intercept (scl_inter)": (
+        infinite_intercept,
+        "failed",
+        "VolumeReadError",
+        ("t1c volume BraTS-GLI-00900-000-t1c.nii.gz", "scaling intercept is not finite", "scl_inter inf"),
+    ),
+    "unknown data type code": (
+        unknown_data_type,
+        "failed",
+        "VolumeReadError",
+        ("t1c volume BraTS-GLI-00900-000-t1c.nii.gz", "data type code 1234 is not a NIfTI data type"),
+    ),
+    "negative dimension (.nii)": (
+        negative_dimension,
+        "failed",
+        "VolumeReadError",
+        ("t1c volume BraTS-GLI-00900-000-t1c.nii:", "negative size (-5x32x42)"),
+    ),
+    "absurd offset to the voxels (.nii)": (
+        absurd_voxel_offset,
+        "failed",
+        "VolumeReadError",
+        ("t1c volume BraTS-GLI-00900-000-t1c.nii:", "vox_offset 1e+30"),
+    ),
+    "non-finite affine": (
+        infinite_affine,
+        "failed",
+        "VolumeReadError",
+        ("t1c volume BraTS-GLI-00900-000-t1c.nii.gz", "affine", "NaN or infinite"),
+    ),
+    "gzip stream inflating far past its header": (
+        inflates_past_its_header,
+        "failed",
+        "VolumeReadError",
+        ("t1c volume BraTS-GLI-00900-000-t1c.nii.gz", "inflates to more than", "header declares 204,640"),
+    ),
+    "compressed file larger than its header allows": (
+        larger_than_its_header_allows,
+        "failed",
+        "VolumeReadError",
+        ("t1c volume BraTS-GLI-00900-000-t1c.nii.gz", "more than a gzip stream of the 204,640 bytes"),
     ),
 }
 
@@ -627,3 +707,34 @@ def test_an_unlistable_data_folder_stops_before_any_case(
     assert run.code == 2
     assert f"cannot list the data folder {data} (Permission denied)" in run.stderr
     assert run.report is None and not run.out.exists()
+
+
+def test_a_damaged_header_ends_in_a_volume_read_error_and_nothing_else(tmp_path: Path) -> None:
+    """Seeded random damage to the header bytes (random bytes, and values such as -1, NaN, infinity,
+    32767 written over fields), compressed or not: every failure is a VolumeReadError naming the file,
+    whatever nibabel, the inflater or numpy raised underneath; what is read is finite."""
+    rng = np.random.default_rng(7)
+    base = nifti_bytes(good_levels(3, (8, 8, 8)), dtype=np.int16)
+    values = [b"\xff\xff\xff\xff", b"\x00\x00\x80\x7f", b"\x00\x00\xc0\x7f", b"\xff\x7f", b"\x00\x80"]
+    refused = 0
+    for number in range(300):
+        content = bytearray(base)
+        for _ in range(int(rng.integers(1, 5))):
+            at = int(rng.integers(0, 352))
+            if rng.random() < 0.5:
+                content[at] = int(rng.integers(0, 256))
+            else:
+                value = values[int(rng.integers(0, len(values)))]
+                content[at : at + len(value)] = value
+        path = tmp_path / f"BraTS-GLI-00900-000-t1c{'.nii.gz' if number % 2 else '.nii'}"
+        path.write_bytes(gzip.compress(bytes(content)) if number % 2 else bytes(content))
+        try:
+            volume = read_case_file(BAD, path, "t1c volume")
+        except VolumeReadError as exc:
+            assert exc.case_id == BAD and exc.path == path and path.name in str(exc)
+            assert "\n" not in str(exc) and len(str(exc)) < 600
+            refused += 1
+        else:
+            assert np.isfinite(volume.data).all() and np.isfinite(volume.affine).all()
+        path.unlink()
+    assert 50 < refused < 300  # both outcomes were exercised

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,26 @@ def _nan_weights(w: Path) -> None:
     save_file(tensors, w / "t1n.safetensors")
 
 
+def _inflating(w: Path) -> None:
+    """The checkpoint as a torch archive whose first tensor's entry is a deflated GiB of zeros (torch
+    reads deflated entries): about 5 MB on disk."""
+    path = w / "t1n.pt"
+    torch.save(load_file(w / "t1n.safetensors"), path)
+    (w / "t1n.safetensors").unlink()
+    original = zipfile.ZipFile(path)
+    entries = [(info.filename, original.read(info)) for info in original.infolist()]
+    original.close()
+    chunk = bytes(16 * 2**20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, content in entries:
+            if name.endswith("/data/0"):
+                with archive.open(name, "w", force_zip64=True) as entry:
+                    for _ in range(64):
+                        entry.write(chunk)
+            else:
+                archive.writestr(name, content)
+
+
 def _folder(w: Path) -> None:
     (w / "t1n.safetensors").unlink()
     (w / "t1n.safetensors").mkdir()
@@ -88,6 +109,10 @@ CHECKPOINTS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     ),
     "NaN weights": (_nan_weights, ("no model for target t1n", "NaN or infinite values in 1 tensors")),
     "a folder": (_folder, ("no model for target t1n", "no checkpoint for target t1n")),
+    "an archive inflating to a GiB": (
+        _inflating,
+        ("no model for target t1n", "t1n.pt", "1,074,256,971 bytes, more than the", "exhaust memory"),
+    ),
 }
 
 
@@ -133,6 +158,7 @@ def test_a_damaged_checkpoint_of_a_target_no_case_needs_is_never_read(
         ("model.yaml with a wrong type", ["model.yaml", "model_channels must be a positive integer", "'8'"]),
         ("model.yaml that is not YAML", ["model.yaml", "not valid YAML"]),
         ("model.yaml with an impossible architecture", ["model.yaml", "num_groups"]),
+        ("model.yaml of nested aliases (billion laughs)", ["model.yaml", "more than 10,000 values"]),
     ],
 )
 def test_a_bad_weights_folder_stops_before_any_case(
@@ -150,6 +176,8 @@ def test_a_bad_weights_folder_stops_before_any_case(
         spec.write_text(spec.read_text().replace("model_channels: 8", "model_channels: '8'"))
     elif name == "model.yaml that is not YAML":
         spec.write_text("model_channels: [8\n")
+    elif name.startswith("model.yaml of nested aliases"):
+        spec.write_text(BILLION_LAUGHS.replace("sampling_steps", "channel_mult"))
     else:
         spec.write_text(spec.read_text().replace("num_groups: 8", "num_groups: 3"))
     run = run_infer(data, tmp_path / "out", weights)
@@ -160,6 +188,14 @@ def test_a_bad_weights_folder_stops_before_any_case(
 
 
 # -- parameters.yaml ---------------------------------------------------------------------------------------
+
+#: A few hundred bytes that stand for a billion strings once the aliases are expanded.
+BILLION_LAUGHS = (
+    'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    + "sampling_steps: *a9\n"
+)
+NESTED_BRACKETS = "sampling_steps: " + "[" * 50_000 + "]" * 50_000 + "\n"
 
 PARAMETERS = {
     "unknown key": ("sampling_step: 10\n", ["unknown key 'sampling_step'", "Allowed keys: sampling_steps"]),
@@ -181,6 +217,12 @@ PARAMETERS = {
     "no such file": (None, ["file not found"]),
     "a folder": ("folder", ["cannot read"]),
     "more steps than the model was trained with": ("sampling_steps: 100\n", ["exceeds the model's 50"]),
+    "nested aliases (billion laughs)": (BILLION_LAUGHS, ["refused", "more than 10,000 values", "aliases"]),
+    "50,000 nested brackets": (NESTED_BRACKETS, ["refused", "nest more than 32 deep"]),
+    "an alias inside its own anchor": ("sampling_steps: &x [1, *x]\n", ["refused", "recursive structure"]),
+    "an integer of 5,000 digits": ("seed: " + "9" * 5000 + "\n", ["refused", "5000 digits"]),
+    "a file of a megabyte": ("# padding\n" * 100_000 + "seed: 1\n", ["larger than 262,144 bytes"]),
+    "a value of 100,000 characters": ("sampler: " + "x" * 100_000 + "\n", ["key 'sampler'", "'xxxx"]),
 }
 
 
@@ -210,4 +252,5 @@ def test_a_bad_parameters_file_stops_before_any_case(
     for word in words:
         assert word in run.stderr, (word, run.stderr)
     assert run.report is None and not out.exists()
+    assert len(run.stderr) < 5_000  # no value of the file is quoted unbounded
     assert set(GOOD)  # the good cases were there to be run

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import NAME_MAX_BYTES, name_bytes
 from ..errors import CaseError, CwdmError
 from ..sequences import CANONICAL_ORDER, MRISequence
 from .volumes import describe_file_type
@@ -71,12 +72,21 @@ class Case:
         """The one missing sequence, which the pipeline synthesises.
 
         Raises:
-            CaseError: the folder has conflicting files, or not exactly one sequence is missing.
+            CaseError: the folder has conflicting files, not exactly one sequence is missing, or the
+                output's name (:meth:`output_name`) would be longer than a file name may be.
         """
         if self.problems:
             raise CaseError(self.case_id, "; ".join(self.problems), self.folder)
         missing = self.missing
         if len(missing) == 1:
+            output = self.output_name(missing[0])
+            if name_bytes(output) > NAME_MAX_BYTES:
+                raise CaseError(
+                    self.case_id,
+                    f"the output's name {output[:40]}... would take {name_bytes(output)} bytes, more than "
+                    f"the {NAME_MAX_BYTES} a file name may have; shorten the case folder's name",
+                    self.folder,
+                )
             return missing[0]
         if not self.files:
             nested = ""

@@ -32,22 +32,82 @@ class GzipError(OSError):
     """A stream that is not gzip, is truncated or is corrupt."""
 
 
-def decompress(data: bytes) -> bytes:
-    """Inflate a whole gzip file (all its members).
+class GzipSizeError(GzipError):
+    """A stream that inflates to more than the caller allows (a damaged file, or a "gzip bomb")."""
+
+
+def _decompressor() -> object:
+    """A decompression object for one gzip member (``wbits=31``: gzip header and trailer, CRC checked)."""
+    if _isal_zlib is not None:
+        return _isal_zlib.decompressobj(wbits=31)
+    return zlib.decompressobj(wbits=31)
+
+
+def _inflate_errors() -> tuple[type[BaseException], ...]:
+    return (zlib.error,) if _isal_zlib is None else (zlib.error, _isal_zlib.error)
+
+
+def decompress(data: bytes, max_size: int | None = None) -> bytes:
+    """Inflate a whole gzip file (all its members), never more than ``max_size`` bytes.
+
+    The stream is inflated member by member with a bound on the output, so that a small file whose
+    stream inflates far beyond ``max_size`` (a damaged file, or a "gzip bomb") is refused after at most
+    ``max_size + 1`` bytes of output, whatever it would inflate to.
+
+    Args:
+        data: The compressed file.
+        max_size: The most bytes the stream may inflate to; ``None``: no bound (trusted data only).
 
     Raises:
+        GzipSizeError: the stream inflates to more than ``max_size`` bytes (nothing more is inflated).
         GzipError: ``data`` is not a complete, valid gzip stream; the message says why.
     """
-    errors: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile)
-    if _isal_gzip is not None:
+    _require_magic(data)
+    members: list[bytes] = []
+    produced = 0
+    rest = memoryview(data)
+    while rest:
+        budget = 0 if max_size is None else max_size - produced + 1  # 0: no bound (zlib's convention)
+        inflater = _decompressor()
         try:
-            return _isal_gzip.decompress(data)
-        except (*errors, _isal_zlib.error) as exc:
+            out = inflater.decompress(rest, budget)  # type: ignore[attr-defined]
+        except _inflate_errors() as exc:
             raise GzipError(f"{type(exc).__name__}: {exc}") from exc
+        members.append(out)
+        produced += len(out)
+        if max_size is not None and produced > max_size:
+            raise GzipSizeError(f"the gzip stream inflates to more than {max_size:,} bytes")
+        if not inflater.eof:  # type: ignore[attr-defined]
+            raise GzipError("EOFError: Compressed file ended before the end-of-stream marker was reached")
+        rest = memoryview(inflater.unused_data)  # type: ignore[attr-defined]
+        if not bytes(rest).strip(b"\0"):  # the end, or zero padding after the last member
+            return b"".join(members)
+        if bytes(rest[:2]) != _GZIP_MAGIC:
+            raise GzipError("BadGzipFile: data after the last gzip member is not another gzip member")
+    return b""
+
+
+def inflate_prefix(data: bytes, size: int) -> bytes:
+    """The first ``size`` bytes (or fewer, if the stream is shorter) that ``data``'s first gzip member
+    inflates to; ``data`` may be only the start of a file.
+
+    Raises:
+        GzipError: ``data`` does not start with a valid gzip stream.
+    """
+    _require_magic(data)
     try:
-        return gzip.decompress(data)
-    except errors as exc:
+        return _decompressor().decompress(data, size)  # type: ignore[attr-defined]
+    except _inflate_errors() as exc:
         raise GzipError(f"{type(exc).__name__}: {exc}") from exc
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _require_magic(data: bytes) -> None:
+    """Refuse data that does not start as a gzip stream (empty data passes: it inflates to nothing)."""
+    if data and bytes(data[:2]) != _GZIP_MAGIC:
+        raise GzipError(f"BadGzipFile: not a gzipped file (it starts with {bytes(data[:2])!r})")
 
 
 def compress(data: bytes) -> bytes:

@@ -120,7 +120,8 @@ class DownstreamScorer:
                 several syntheses of one case and target are kept (a sweep's settings).
 
         Raises:
-            CaseError: no ``-seg`` file, an unreadable file, files off one grid, a failed segmenter.
+            CaseError: no ``-seg`` file, an unreadable file, files off one grid, a failed segmenter, a
+                kept segmentation that cannot be written.
         """
         case = self._complete(truth_case).with_file(target, prediction, str(target))
         name = f"{truth_case.case_id}-{target}" + (f"-{tag}" if tag else "")
@@ -178,12 +179,14 @@ class DownstreamScorer:
                 f"segmentation's {truth.labels.shape}",
             )
         if self.segmentations_dir is not None:
-            self.segmentations_dir.mkdir(parents=True, exist_ok=True)
-            _write_labels(
-                from_canonical(labels, truth.convention),
-                truth.header,
-                self.segmentations_dir / f"{name}.nii.gz",
-            )
+            kept = self.segmentations_dir / f"{name}.nii.gz"
+            try:
+                self.segmentations_dir.mkdir(parents=True, exist_ok=True)
+                _write_labels(from_canonical(labels, truth.convention), truth.header, kept)
+            except OSError as exc:  # a full disk, or a name longer than the file system takes
+                raise CaseError(
+                    case.case_id, f"cannot keep the segmentation {kept.name} ({exc.strerror or exc})", kept
+                ) from exc
         extra = self.extra(labels, truth.labels, truth.affine) if self.extra is not None else {}
         scores = DownstreamScores(region_dice(labels, truth.labels), extra)
         log.debug("%s: %s", name, scores.values())

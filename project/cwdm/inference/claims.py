@@ -3,9 +3,11 @@
 folder) never do the same case twice.
 
 A claim is a hidden file ``.cwdm-<output name>.lock`` beside the output (never ending in ``.nii.gz``,
-so neither the evaluator nor a rerun takes it for an output), created with ``O_CREAT | O_EXCL``: of two
-processes exactly one creates it (also on NFS v3 and later). It holds who claimed the case: host name,
-boot id, process id and that process's start time, a random token and the time. The holder removes it
+so neither the evaluator nor a rerun takes it for an output; an output name too long for that to fit in
+a file name is shortened there, :func:`cwdm.atomic.helper_stem`), created with ``O_CREAT | O_EXCL``: of
+two processes exactly one creates it (also on NFS v3 and later). It holds the output's name and who
+claimed the case: host name, boot id, process id and that process's start time, a random token and the
+time. The holder removes it
 once the case is written or has failed, and touches it every :attr:`ClaimSet.heartbeat_s` seconds while
 it works (a heartbeat, in the file's modification time).
 
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import PARTIAL_PREFIX, PARTIAL_SUFFIX
+from ..atomic import PARTIAL_PREFIX, PARTIAL_SUFFIX, helper_stem
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,14 @@ STALE_AFTER_S = 300.0
 
 
 def lock_path(output: Path) -> Path:
-    """The claim file of ``output``: ``.cwdm-<name>.lock`` in the same folder."""
+    """The claim file of ``output``: ``.cwdm-<name>.lock`` in the same folder (the name shortened by
+    :func:`cwdm.atomic.helper_stem` when it is too long for that)."""
     output = Path(output)
-    return output.with_name(f"{PARTIAL_PREFIX}{output.name}{LOCK_SUFFIX}")
+    return output.with_name(f"{PARTIAL_PREFIX}{helper_stem(output.name)}{LOCK_SUFFIX}")
+
+
+#: The most bytes of a claim file that are read (a claim takes about 200).
+_CLAIM_BYTES = 4096
 
 
 def _boot_id() -> str:
@@ -166,7 +173,7 @@ class ClaimSet:
             if output in self._held:
                 return None
         for _ in range(3):  # a claim released or taken over meanwhile: try again
-            if self._create(path):
+            if self._create(path, output.name):
                 with self._lock:
                     self._held[output] = path
                 return None
@@ -208,16 +215,20 @@ class ClaimSet:
         for path in Path(folder).glob(f"{PARTIAL_PREFIX}*{LOCK_SUFFIX}"):
             holder, age_s = self._read(path)
             if (holder is not None or age_s is not None) and self._stale_reason(holder, age_s) is None:
-                yield path.with_name(path.name[len(PARTIAL_PREFIX) : -len(LOCK_SUFFIX)])
+                output = path.with_name(path.name[len(PARTIAL_PREFIX) : -len(LOCK_SUFFIX)])
+                named = _output_name(path)  # the full name, where the claim file's is shortened
+                if named is not None and lock_path(path.with_name(named)) == path:
+                    output = path.with_name(named)
+                yield output
 
     # -- the parts ------------------------------------------------------------------------------
-    def _create(self, path: Path) -> bool:
+    def _create(self, path: Path, output_name: str) -> bool:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.me.to_record(), handle)  # not synced: an empty claim is judged by its age
+        with os.fdopen(fd, "w") as handle:  # not synced: an empty claim is judged by its age
+            json.dump({**self.me.to_record(), "output": output_name}, handle)
         return True
 
     @staticmethod
@@ -226,14 +237,14 @@ class ClaimSet:
         ``(None, age)`` when it cannot be parsed (being written, or damaged)."""
         try:
             age_s = time.time() - path.stat().st_mtime
-            text = path.read_text()
+            text = _read_claim(path)
         except FileNotFoundError:
             return None, None
         except OSError:
             return None, 0.0
         try:
             return Holder.from_record(json.loads(text)), age_s
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # damaged, or not written by cwdm
             return None, age_s
 
     def _stale_reason(self, holder: Holder | None, age_s: float | None) -> str | None:
@@ -275,6 +286,22 @@ class ClaimSet:
                     os.utime(path)
                 except OSError as exc:
                     log.warning("cannot refresh the claim %s (%s)", path, exc)
+
+
+def _read_claim(path: Path) -> str:
+    """A claim file's text: at most :data:`_CLAIM_BYTES` of it (a larger file is no claim of ours)."""
+    with open(path, "rb") as handle:
+        return handle.read(_CLAIM_BYTES).decode("utf-8", "replace")
+
+
+def _output_name(path: Path) -> str | None:
+    """The output name a claim file records, or None (unreadable, or written before names were kept)."""
+    try:
+        record = json.loads(_read_claim(path))
+    except (OSError, ValueError, RecursionError):
+        return None
+    name = record.get("output") if isinstance(record, dict) else None
+    return name if isinstance(name, str) and name and "/" not in name else None
 
 
 def _alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import shown
 from ..errors import ConfigError
 from .report import CASE_STATUSES, OK_STATUSES, counts_text, exit_status
 
@@ -72,22 +73,88 @@ class MergedReport:
         }
 
 
+#: The largest report read (a case takes about 2 KB of a report).
+MAX_REPORT_BYTES = 2**28
+#: The most parts a split run may have (the reports of more would not fit on one command line anyway).
+MAX_PARTS = 100_000
+#: The longest error message of a case kept in the merged report (this package's are a few hundred
+#: characters).
+_ERROR_CHARS = 2_000
+
+
 def load_report(path: Path) -> dict[str, Any]:
-    """A run report's JSON.
+    """A run report's JSON, checked to have the shape of a ``cwdm infer`` report where the merge reads it.
 
     Raises:
-        ConfigError: the file cannot be read, is not JSON, or is not a ``cwdm infer`` report.
+        ConfigError: the file cannot be read, is larger than :data:`MAX_REPORT_BYTES`, is not JSON (or
+            nests too deep), or is not a ``cwdm infer`` report; the message names the file and the field.
     """
     path = Path(path)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_REPORT_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the report {path} ({exc.strerror or exc})") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not JSON ({exc}); is it a cwdm infer report?") from exc
+    if len(raw) > MAX_REPORT_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_REPORT_BYTES:,} bytes; is it a cwdm infer report?")
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not JSON ({_clip(str(exc), 200)}); is it a cwdm infer report?") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path} nests too deep to be a cwdm infer report") from exc
     if not isinstance(record, dict) or not isinstance(record.get("cases"), list):
         raise ConfigError(f"{path} is not a cwdm infer run report (no 'cases' list)")
+    _check_report(path, record)
     return record
+
+
+def _check_report(path: Path, record: dict[str, Any]) -> None:
+    """Check the fields :func:`merge_reports` reads; clip each case's error message.
+
+    Raises:
+        ConfigError: a field of the wrong type or out of range, named with the file.
+    """
+
+    def bad(where: str, expected: str, value: Any) -> ConfigError:
+        return ConfigError(
+            f"{path}: {where} should be {expected}, got {shown(value)}; is it a cwdm infer report?"
+        )
+
+    for number, case in enumerate(record["cases"]):
+        where = f"cases[{number}]"
+        if not isinstance(case, dict):
+            raise bad(where, "a mapping", case)
+        for key in ("case_id", "status"):
+            if not isinstance(case.get(key), str):
+                raise bad(f"{where}.{key}", "a string", case.get(key))
+        for key in ("writer", "error"):
+            if case.get(key) is not None and not isinstance(case[key], str):
+                raise bad(f"{where}.{key}", "a string or null", case[key])
+        if case.get("error") is not None:
+            case["error"] = _clip(case["error"], _ERROR_CHARS)
+    part = record.get("part")
+    if part is not None:
+        if not isinstance(part, dict):
+            raise bad("part", "a mapping or null", part)
+        count, index, total = part.get("count"), part.get("index"), part.get("cases_total")
+        if not _is_int(count) or not 1 <= count <= MAX_PARTS:
+            raise bad("part.count", f"an integer from 1 to {MAX_PARTS:,}", count)
+        if not _is_int(index) or not 0 <= index < count:
+            raise bad("part.index", f"an integer from 0 to {count - 1}", index)
+        if total is not None and not _is_int(total):
+            raise bad("part.cases_total", "an integer or null", total)
+    stop = record.get("interrupted_by")
+    if stop is not None and not isinstance(stop, (str, int)):
+        raise bad("interrupted_by", "a signal name or null", stop)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def merge_reports(paths: Sequence[Path]) -> MergedReport:
@@ -160,7 +227,7 @@ def _unfinished(report: dict[str, Any], best: dict[str, dict[str, Any]]) -> str:
         if c["status"] in ("interrupted", "claimed") and best[c["case_id"]]["status"] not in OK_STATUSES
     ]
     if report.get("interrupted_by") and (pending or not report["cases"]):
-        return f"stopped by {report['interrupted_by']}"
+        return f"stopped by {_clip(str(report['interrupted_by']), 40)}"
     if pending:
         return f"{len(pending)} case(s) not finished by this part: {', '.join(_first(pending))}"
     return ""

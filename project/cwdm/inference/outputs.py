@@ -9,7 +9,7 @@ import logging
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from ..atomic import PARTIAL_PREFIX, probe_writable, remove_partial_files
+from ..atomic import PARTIAL_PREFIX, helper_stem, probe_writable, remove_partial_files
 from ..cases.discovery import Case
 from ..cases.volumes import VolumeError, read_volume, same_grid
 from ..errors import ConfigError, CwdmError
@@ -64,7 +64,8 @@ def prepare_output_folder(out_dir: Path, cases: Sequence[Case], in_use: Collecti
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CwdmError(f"cannot create the output folder {out_dir} ({exc})") from exc
-    for path in remove_partial_files(out_dir, keep=lambda name: _partial_of(name) in in_use):
+    stems = {helper_stem(name) for name in in_use}
+    for path in remove_partial_files(out_dir, keep=lambda name: _partial_of(name) in stems):
         log.warning("removed %s, left by an interrupted run", path.name)
     try:
         probe_writable(out_dir)
@@ -75,7 +76,8 @@ def prepare_output_folder(out_dir: Path, cases: Sequence[Case], in_use: Collecti
 
 
 def _partial_of(name: str) -> str:
-    """The output a partial file ``.cwdm-<output>.<random>.part`` belongs to."""
+    """The output a partial file ``.cwdm-<output>.<random>.part`` belongs to (its
+    :func:`cwdm.atomic.helper_stem`)."""
     return name[len(PARTIAL_PREFIX) :].rsplit(".", 2)[0]
 
 
@@ -107,12 +109,16 @@ def prepare_qc_folder(qc_dir: Path, out_dir: Path, cases: Sequence[Case]) -> Non
 
 
 def output_complete(output: Path, reference_file: Path) -> bool:
-    """Whether ``output`` is a readable volume on the grid of ``reference_file`` (a finished output)."""
-    if output.is_symlink() or not output.is_file():
-        return False
+    """Whether ``output`` is a readable volume on the grid of ``reference_file`` (a finished output).
+
+    Never raises: what cannot be looked at (a name the file system refuses, an unreadable file) is not
+    a finished output, and writing it later reports why.
+    """
     try:
+        if output.is_symlink() or not output.is_file():
+            return False
         written = read_volume(output)
         reference = read_volume(reference_file)
-    except VolumeError:
+    except (VolumeError, OSError):
         return False
     return same_grid(written, reference)

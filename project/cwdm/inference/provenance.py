@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # annotations only: provenance is read back without torch
     from ..config import SamplingSettings
 
 log = logging.getLogger(__name__)
+_RECORD_REPR = reprlib.Repr(maxlevel=2, maxstring=60, maxother=60, maxlist=4, maxdict=4)
 
 #: The marker of our extension's JSON, and its NIfTI extension code ("comment").
 RECORD_KIND = "cwdm-synthesis-provenance"
@@ -141,24 +143,43 @@ def stamp(header: nib.Nifti1Header, record: Mapping[str, Any]) -> nib.Nifti1Head
     return stamped
 
 
+#: The largest extension read back as a record (a record takes about 2 KB).
+MAX_RECORD_BYTES = 2**16
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """The provenance record in an output's header; ``None`` when it has none (not written by cwdm, or
-    by a version before records) or the file cannot be read."""
+    by a version before records), the file cannot be read, or the record is not one this package writes
+    (larger than :data:`MAX_RECORD_BYTES`, nested too deep, ``settings`` or ``model`` not mappings)."""
     try:
         image = nib.load(str(path))
+        extensions = list(getattr(image.header, "extensions", ()))
     except Exception as exc:  # noqa: BLE001 - any unreadable file simply has no record
         log.debug("no provenance in %s (%s)", path, exc)
         return None
-    for extension in getattr(image.header, "extensions", ()):
+    for extension in extensions:
         if extension.get_code() != EXTENSION_CODE:
             continue
-        try:
-            record = json.loads(extension.get_content().rstrip(b"\x00 "))
-        except (ValueError, UnicodeDecodeError):
+        content = extension.get_content()
+        if not isinstance(content, bytes) or len(content) > MAX_RECORD_BYTES:
             continue
-        if isinstance(record, dict) and record.get("kind") == RECORD_KIND:
+        try:
+            record = json.loads(content.rstrip(b"\x00 "))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if _is_record(record):
             return record
     return None
+
+
+def _is_record(record: Any) -> bool:
+    """Whether ``record`` has the shape of the records :func:`stamp` writes, as far as a rerun reads it."""
+    return (
+        isinstance(record, dict)
+        and record.get("kind") == RECORD_KIND
+        and isinstance(record.get("settings", {}), dict)
+        and isinstance(record.get("model") or {}, dict)
+    )
 
 
 def settings_mismatch(
@@ -215,6 +236,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    """A recorded value for a message: its repr, cut to ``limit`` characters (records are user files)."""
-    text = repr(value)
+    """A recorded value for a message: its repr, bounded in depth and items, cut to ``limit`` characters
+    (a record is a user's file: a value may be megabytes long, or deeply nested)."""
+    text = _RECORD_REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -23,10 +23,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from ..config import CommandSegmenterSpec
+from ..cases.volumes import VolumeError, read_labels
+from ..config import CommandSegmenterSpec, shown
 from ..errors import ConfigError
 from ..sequences import CANONICAL_ORDER
 from .case import CompleteCase, SegmentationError, checked_labels
@@ -59,7 +59,8 @@ class CommandSegmenter:
                 text.format(input="", output="", case="")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ConfigError(
-                    f"segmenter command: {text!r} uses an unknown placeholder or braces ({exc}); "
+                    f"segmenter command: {shown(text)} uses an unknown placeholder or braces "
+                    f"({_clip(str(exc), 200)}); "
                     f"the placeholders are {', '.join('{' + p + '}' for p in _PLACEHOLDERS)}"
                 ) from exc
         self.mapping = (
@@ -98,9 +99,9 @@ class CommandSegmenter:
                     f"{case.label} case (its output folder holds {listing})",
                     result_path,
                 )
-            try:
-                labels = np.array(np.asanyarray(nib.load(result_path).dataobj))
-            except Exception as exc:  # nibabel raises several types for unreadable files
+            try:  # the case reader's checks: a damaged or hostile file is refused before it is inflated
+                labels = np.array(read_labels(result_path))
+            except VolumeError as exc:
                 raise SegmentationError(
                     case.case_id, f"cannot read the segmentation {result_path.name}: {exc}", result_path
                 ) from exc
@@ -108,7 +109,7 @@ class CommandSegmenter:
 
     def _run(self, argv: list[str], case: CompleteCase) -> None:
         if shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
-            raise SegmentationError(case.case_id, f"segmenter command not found: {argv[0]!r}")
+            raise SegmentationError(case.case_id, f"segmenter command not found: {shown(argv[0])}")
         environment = dict(os.environ) | dict(self.spec.environment)
         log.debug("%s: %s", case.case_id, shlex.join(argv))
         try:
@@ -128,13 +129,14 @@ class CommandSegmenter:
                 f"{self.spec.timeout_s:g} s",
             ) from exc
         except OSError as exc:
-            raise SegmentationError(case.case_id, f"cannot run {argv[0]!r}: {exc}") from exc
+            raise SegmentationError(case.case_id, f"cannot run {shown(argv[0])}: {exc}") from exc
         if completed.returncode != 0:
             tail = (completed.stderr or completed.stdout or "").strip()[-_OUTPUT_TAIL:]
             raise SegmentationError(
                 case.case_id,
                 f"segmenter {self.name} exited with status {completed.returncode} on the {case.label} "
-                f"case: {shlex.join(argv)}" + (f"; its output ends: {tail}" if tail else ""),
+                f"case: {_clip(shlex.join(argv), _OUTPUT_TAIL)}"
+                + (f"; its output ends: {tail}" if tail else ""),
             )
 
 
@@ -144,3 +146,7 @@ def _place(source: Path, destination: Path) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copyfile(source, destination)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

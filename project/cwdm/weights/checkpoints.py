@@ -8,6 +8,7 @@ Loading is strict: a mismatch names the missing, unexpected and mis-shaped keys.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,21 +24,28 @@ StateDict = Mapping[str, Tensor]
 
 #: File suffixes accepted as checkpoints.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+#: The most bytes a ``.pt`` archive may inflate to when the architecture is not known (the published
+#: denoiser takes a few hundred megabytes): a torch archive may hold compressed entries, so a small
+#: file could otherwise inflate to exhaust memory.
+MAX_CHECKPOINT_BYTES = 2**33
 _SHOWN_PER_KIND = 5
 
 
-def read_state_dict(path: Path | str) -> dict[str, Tensor]:
+def read_state_dict(path: Path | str, max_bytes: int | None = None) -> dict[str, Tensor]:
     """Read a state dict from ``path`` without running pickled code.
 
     Args:
         path: A ``.pt``/``.pth`` (torch zip or legacy format, weights-only) or ``.safetensors`` file.
+        max_bytes: The most bytes a ``.pt`` archive's entries may inflate to (checked on its directory
+            before anything is read); default :data:`MAX_CHECKPOINT_BYTES`. A ``.safetensors`` file
+            cannot hold more than its size (the library checks its offsets).
 
     Returns:
         The tensors by key, on the CPU, as stored.
 
     Raises:
-        CheckpointError: the file is missing, unreadable, corrupt, not a flat mapping of tensors, or
-            needs code execution to load.
+        CheckpointError: the file is missing, unreadable, corrupt, inflates to more than ``max_bytes``,
+            is not a flat mapping of tensors, or needs code execution to load.
     """
     path = Path(path)
     if path.suffix not in CHECKPOINT_SUFFIXES:
@@ -46,6 +54,8 @@ def read_state_dict(path: Path | str) -> dict[str, Tensor]:
         )
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix != ".safetensors":
+        _check_archive_size(path, MAX_CHECKPOINT_BYTES if max_bytes is None else max_bytes)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -74,6 +84,28 @@ def read_state_dict(path: Path | str) -> dict[str, Tensor]:
             f"got {type(loaded).__name__}"
         )
     return dict(loaded)
+
+
+def _check_archive_size(path: Path, max_bytes: int) -> None:
+    """Refuse a torch zip archive whose entries inflate to more than ``max_bytes`` (what its directory
+    declares bounds what torch reads); other files are left to ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # the legacy format, or a damaged file: torch.load says what it is
+    if declared > max_bytes:
+        raise CheckpointError(
+            f"{path}: its archive inflates to {declared:,} bytes, more than the {max_bytes:,} its "
+            "tensors can take; a damaged file, or one made to exhaust memory"
+        )
+
+
+def expected_bytes(model: torch.nn.Module) -> int:
+    """A generous bound on the size of a checkpoint of ``model``: every tensor of its state dict stored
+    as float64, plus 1 KiB per tensor and 16 MiB for the archive's other entries."""
+    tensors = model.state_dict().values()
+    return sum(value.numel() * 8 + 1024 for value in tensors) + 2**24
 
 
 def _first_line(exc: BaseException) -> str:
@@ -194,7 +226,7 @@ def load_denoiser(
     model = Denoiser(base)
     if isinstance(checkpoint, (str, Path)):
         source = str(checkpoint)
-        state_dict: StateDict = read_state_dict(checkpoint)
+        state_dict: StateDict = read_state_dict(checkpoint, max_bytes=expected_bytes(model))
     else:
         source = "state dict"
         state_dict = checkpoint

@@ -23,7 +23,14 @@ from ..errors import CheckpointError
 from ..method.denoiser import Denoiser
 from ..method.schedule import NoiseSchedule
 from ..sequences import CANONICAL_ORDER, MRISequence
-from .checkpoints import CHECKPOINT_SUFFIXES, check_state_dict, check_values, load_denoiser, read_state_dict
+from .checkpoints import (
+    CHECKPOINT_SUFFIXES,
+    check_state_dict,
+    check_values,
+    expected_bytes,
+    load_denoiser,
+    read_state_dict,
+)
 
 MODEL_SPEC_NAME = "model.yaml"
 
@@ -186,7 +193,7 @@ class WeightsCheck:
 
 def _check_target(path: Path, reference: torch.nn.Module) -> str:
     """Return the parameter count of a sound checkpoint; raise :class:`CheckpointError` otherwise."""
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, max_bytes=expected_bytes(reference))
     check_state_dict(state_dict, reference, str(path))
     check_values(state_dict, str(path))
     return f"{sum(value.numel() for value in state_dict.values()):,} parameters"
