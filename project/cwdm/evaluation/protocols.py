@@ -13,7 +13,7 @@ The public sources of each preset (repositories at the commits read) are in :dat
 and docs/EVALUATION.md:
 
 - 2023: MedPerf's ``examples/BraTS2023/synthesis_metrics`` (the metrics container): the FeTS tool's
-  ``fets_singlet`` and ``fets_triplet`` models fused by STAPLE (FeTS-AI/Front-End at commit 25eb0ca),
+  ``fets_singlet`` and ``fets_triplet`` models fused by STAPLE (built from FeTS-AI/Front-End at 25eb0ca),
   its label 4 turned into 3; the BraTS 2023 segmentation metrics (GaNDLF's ``generateBraTSMetrics -c
   BraTS-GLI``: lesion-wise and whole-volume Dice and HD95 of WT, TC, ET); an SSIM from a GaNDLF fork.
   The organisers' repository (hongweilibran/BraSyn, README of August 2023) names the FeTS consensus.
@@ -120,12 +120,13 @@ PROTOCOLS: Mapping[str, Protocol] = {
         segmentation_columns=(*DICE_COLUMNS, *LESION_DICE_COLUMNS),
         ssim=(
             "an SSIM per case from a fork of GaNDLF (MedPerf's 2023 metrics container); the organisers' "
-            "ssim.py of August 2023 meant the SSIM inside and outside the tumour. Reported here: "
+            "ssim.py of August 2023 computed the SSIM inside and outside the tumour. Reported here: "
             + _SSIM_2024
         ),
         segmenter=(
             "FeTS consensus: the FeTS tool's fets_singlet and fets_triplet models fused by STAPLE "
-            "(FeTS-AI/Front-End 1.0.1, commit 25eb0ca), its label 4 read as 3"
+            "(the tool built from FeTS-AI/Front-End at commit 25eb0ca, tagged 1.0.3; the organisers' "
+            "README links release 1.0.1), its label 4 read as 3"
         ),
         segmenter_hint=(
             "a kind: command description running FeTS_CLI_Segment -a fets_singlet,fets_triplet -lF STAPLE "
@@ -134,16 +135,18 @@ PROTOCOLS: Mapping[str, Protocol] = {
         segmentation_metrics=_REGION_METRICS,
         not_offline=(
             "the 2023 SSIM: MedPerf's container computed it with GaNDLF's generate_metrics from the fork "
-            "FelixSteinbauer/GaNDLF (commit bc0d3fa, problem_type synthesis, no normalisation), which "
-            "is not reproduced; ssim.py as published in August 2023 (commit 4d9af6d) does not run (it "
-            "indexes the tuple torchmetrics returns with an integer mask), so its region mean is not "
-            "either; the brasyn_ssim columns hold the July 2024 definition",
+            "FelixSteinbauer/GaNDLF (commit bc0d3fa, the 2023 inpainting configuration, problem_type "
+            "synthesis), not reproduced; the organisers' ssim.py of 9 August 2023 (d29c721) is the July "
+            "2024 definition except that it doubles the normalised prediction first (a line commit "
+            "ecdaf00 removed), and the same day's 4d9af6d, a mean over each region, does not run (it "
+            "indexes the tuple torchmetrics returns); the brasyn_ssim columns hold the July 2024 "
+            "definition",
             "the FeTS models are not shipped or downloaded: give them with --segmenter",
             *_REGION_NOT_OFFLINE,
         ),
         sources=(
             f"{_MEDPERF}/BraTS2023/synthesis_metrics",
-            f"{_BRASYN} (README.md at commit 1c8635a; ssim.py at 4d9af6d)",
+            f"{_BRASYN} (README.md at commit 1c8635a; ssim.py at 4d9af6d and d29c721)",
             "https://github.com/FeTS-AI/Front-End/releases/tag/1.0.1",
             _BRATS_2023_METRICS,
             _PAPER,
@@ -200,7 +203,7 @@ PROTOCOLS: Mapping[str, Protocol] = {
             "(NaN: an empty cell, left out of the means)"
         ),
         not_offline=(
-            "the brats package's algorithms run in Docker images it downloads: not shipped, not run "
+            "the brats package's algorithms run in container images it downloads: not shipped, not run "
             "offline; give them with --segmenter",
             "how the organisers aggregate and rank the per-label numbers (and an undefined HD95) is not "
             "in the public code",
