@@ -45,6 +45,25 @@ log = logging.getLogger(__name__)
 ExtraScores = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, float]]
 
 
+def combined_scores(*extras: ExtraScores | None) -> ExtraScores | None:
+    """One :data:`ExtraScores` giving the columns of every one of ``extras`` (``None`` ones left out);
+    ``None`` when none is left. A column two of them give is an error of the caller (``ValueError``)."""
+    chosen = [extra for extra in extras if extra is not None]
+    if len(chosen) < 2:
+        return chosen[0] if chosen else None
+
+    def scores(prediction: np.ndarray, truth: np.ndarray, affine: np.ndarray) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for extra in chosen:
+            values = extra(prediction, truth, affine)
+            if set(values) & set(out):
+                raise ValueError(f"two extra scorers give the columns {sorted(set(values) & set(out))}")
+            out |= values
+        return out
+
+    return scores
+
+
 @dataclass(frozen=True)
 class DownstreamScores:
     """Dice of one segmentation of a completed (or real, or copy-completed) case."""

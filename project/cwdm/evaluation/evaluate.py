@@ -18,7 +18,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -82,8 +82,10 @@ class CaseScores:
     def crop(self) -> Scores:
         return self.regions["crop"]
 
-    def values(self) -> dict[str, float]:
-        """Every number by column name (:func:`columns`); NaN where a region or a segmentation is missing."""
+    def values(self, extra: Iterable[str] = ()) -> dict[str, float]:
+        """Every number by column name (:func:`columns`, then the ``extra`` columns of the segmentation's
+        further scores, such as :mod:`cwdm.evaluation.labelwise`'s); NaN where a region, a segmentation or
+        a score is missing."""
         values = {
             f"{region}_{metric}": getattr(self.regions[region], metric)
             if region in self.regions
@@ -93,7 +95,7 @@ class CaseScores:
         }
         tumour, rest = (self.brasyn.tumor, self.brasyn.non_tumor) if self.brasyn else (math.nan, math.nan)
         values |= dict(zip(BRASYN_COLUMNS, (tumour, rest), strict=True))
-        return values | {key: self.downstream.get(key, math.nan) for key in DOWNSTREAM_COLUMNS}
+        return values | {key: self.downstream.get(key, math.nan) for key in (*DOWNSTREAM_COLUMNS, *extra)}
 
 
 def columns() -> list[str]:
@@ -166,6 +168,9 @@ _TABLES = (
     [(key, f"{prefix} {key.rsplit('_', 1)[1].upper()}") for key, prefix in _DOWNSTREAM_TITLES],
 )
 
+#: The title of every score column in the printed tables.
+COLUMN_TITLES = {key: title for table in _TABLES for key, title in table}
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -174,10 +179,23 @@ class Evaluation:
     Attributes:
         scores: One record per scored (case, target, source), sorted.
         failures: One record per prediction or baseline that could not be scored.
+        extra_columns: Further segmentation scores to report (column -> title in the printed tables),
+            after :func:`columns`: those the downstream scorer's ``extra`` adds beyond the Dice columns
+            (a protocol's per-label scores, :mod:`cwdm.evaluation.protocols`).
     """
 
     scores: tuple[CaseScores, ...]
     failures: tuple[EvaluationFailure, ...]
+    extra_columns: Mapping[str, str] = field(default_factory=dict)
+
+    def score_columns(self) -> list[str]:
+        """The score columns of this evaluation's CSV and summary: :func:`columns`, then the extra ones."""
+        return [*columns(), *(key for key in self.extra_columns if key not in columns())]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when anything could not be scored or nothing was, else 0 (``cwdm evaluate``'s status)."""
+        return 1 if self.failures or not self.scores else 0
 
     def summary(self) -> list[SummaryRow]:
         """Mean ± sd per source and target, then, for a source with several targets, over all of them
@@ -188,7 +206,8 @@ class Evaluation:
             targets = [str(t) for t in sorted({s.target for s in of_source}, key=_canonical_index)]
             for target in [*targets, "all"] if len(targets) > 1 else targets:
                 group = [s for s in of_source if target in ("all", str(s.target))]
-                table = {key: np.array([s.values()[key] for s in group]) for key in columns()}
+                keys = self.score_columns()
+                table = {key: np.array([s.values(self.extra_columns)[key] for s in group]) for key in keys}
                 known = {key: values[~np.isnan(values)] for key, values in table.items()}
                 rows.append(
                     SummaryRow(
@@ -209,12 +228,14 @@ class Evaluation:
         where a number does not apply)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case", "target", "source", *columns(), "error"])
+        keys = self.score_columns()
+        writer.writerow(["case", "target", "source", *keys, "error"])
         for s in self.scores:
-            cells = ["" if math.isnan(v) else repr(v) for v in s.values().values()]
+            values = s.values(self.extra_columns)
+            cells = ["" if math.isnan(values[key]) else repr(values[key]) for key in keys]
             writer.writerow([s.case_id, s.target, s.source, *cells, ""])
         for f in self.failures:
-            writer.writerow([f.case_id, f.target or "", f.source, *([""] * len(columns())), f.message])
+            writer.writerow([f.case_id, f.target or "", f.source, *([""] * len(keys)), f.message])
         return buffer.getvalue()
 
     def write_csv(self, path: Path) -> Path:
@@ -223,34 +244,35 @@ class Evaluation:
 
     def summary_table(self) -> str:
         """The summary as aligned plain text, mean ± sd: the paper's protocol (full volume and crop), then,
-        when any case has them, the brain and tumour regions and the organisers' SSIM (a number averaged
-        over fewer cases than ``n`` shows its count as ``[k]``)."""
+        when any case has them, the brain and tumour regions and the organisers' SSIM, the Dice, and the
+        extra columns (a number averaged over fewer cases than ``n`` shows its count as ``[k]``)."""
         summary = self.summary()
-        blocks = []
-        for index, table in enumerate(_TABLES):
-            if index and all(row.counts[key] == 0 for row in summary for key, _ in table):
-                continue
-            header = ["source", "target", "n"] + [title for _, title in table]
-            lines = [header]
-            for row in summary:
-                cells = [row.source, row.target, str(row.n)]
-                for key, _ in table:
-                    cells.append(_cell(row, key))
-                lines.append(cells)
-            widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-            blocks.append(
-                "\n".join(
-                    "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                    for line in lines
-                )
-            )
+        tables = [*_TABLES, list(self.extra_columns.items())]
+        blocks = [
+            self.table(table, summary)
+            for index, table in enumerate(tables)
+            if table and not (index and all(row.counts[key] == 0 for row in summary for key, _ in table))
+        ]
         return "\n\n".join(blocks)
+
+    def table(self, columns: Sequence[tuple[str, str]], summary: Sequence[SummaryRow] | None = None) -> str:
+        """One block of the summary: a row per source and target, a cell (mean ± sd) per ``(column,
+        title)`` of ``columns``; ``-`` where no case has the number."""
+        summary = self.summary() if summary is None else summary
+        header = ["source", "target", "n"] + [title for _, title in columns]
+        lines = [header]
+        for row in summary:
+            lines.append([row.source, row.target, str(row.n)] + [_cell(row, key) for key, _ in columns])
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+        )
 
 
 def _cell(row: SummaryRow, key: str) -> str:
     if row.counts[key] == 0:
         return "-"
-    digits = 5 if key.endswith("mse") else 2 if key.endswith("psnr") else 4
+    digits = 5 if key.endswith("mse") else 2 if key.endswith("psnr") or key.startswith("hd95") else 4
     mean, sd = row.mean[key], row.sd[key]
     text = f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
     return text + (f" [{row.counts[key]}]" if row.counts[key] < row.n else "")
