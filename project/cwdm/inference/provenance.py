@@ -35,7 +35,9 @@ if TYPE_CHECKING:  # annotations only: provenance is read back without torch
     from ..config import SamplingSettings
 
 log = logging.getLogger(__name__)
-_RECORD_REPR = reprlib.Repr(maxlevel=2, maxstring=60, maxother=60, maxlist=4, maxdict=4)
+_RECORD_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_RECORD_REPR.maxlevel, _RECORD_REPR.maxstring, _RECORD_REPR.maxother = 2, 60, 60
+_RECORD_REPR.maxlist = _RECORD_REPR.maxdict = 4
 
 #: The marker of our extension's JSON, and its NIfTI extension code ("comment").
 RECORD_KIND = "cwdm-synthesis-provenance"
