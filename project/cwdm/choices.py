@@ -23,3 +23,5 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 SequenceName = Literal["t1n", "t1c", "t2w", "t2f"]
 StructureName = Literal["NCR", "ED", "ET", "RC"]
 LabelConventionName = Literal["brats2021", "brats2023", "brats2024"]
+#: The BraSyn years whose scoring ``cwdm evaluate --protocol`` reproduces (:mod:`cwdm.evaluation.protocols`).
+ProtocolName = Literal["brasyn2023", "brasyn2024", "brasyn2025"]

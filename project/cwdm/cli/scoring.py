@@ -4,12 +4,13 @@ and pseudo-validation folders."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from ..choices import LabelConventionName
+from ..choices import LabelConventionName, ProtocolName
 from ..errors import CwdmError
 from .app import Verbose, app, fail
 from .logs import setup_logging
@@ -46,6 +47,14 @@ def evaluate(
         bool,
         typer.Option(help="Also the official BraTS metrics' lesion-wise Dice (optional extra, AGPL)."),
     ] = False,
+    protocol: Annotated[
+        ProtocolName | None,
+        typer.Option(
+            help="Also compute what that year's organisers computed (docs/EVALUATION.md); their segmenter is "
+            "given with --segmenter.",
+            show_default="none",
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Score every prediction PRED_DIR/<case>-<seq>.nii.gz against TRUTH_DIR/<case>/.
@@ -88,19 +97,74 @@ def evaluate(
         )
 
     try:
-        downstream = _downstream_scorer(segmenter, segmentations, truth_labels, lesion_wise)
-        result = evaluate_predictions(
-            pred_dir, truth_dir, baseline=baseline, downstream=downstream, on_case=scored, on_start=started
-        )
+        if protocol is not None:
+            result = _evaluate_protocol(
+                pred_dir,
+                truth_dir,
+                protocol,
+                segmenter,
+                segmentations,
+                truth_labels,
+                lesion_wise,
+                baseline,
+                scored,
+                started,
+            )
+            evaluation = result.evaluation
+        else:
+            downstream = _downstream_scorer(segmenter, segmentations, truth_labels, lesion_wise)
+            result = evaluation = evaluate_predictions(
+                pred_dir,
+                truth_dir,
+                baseline=baseline,
+                downstream=downstream,
+                on_case=scored,
+                on_start=started,
+            )
     except CwdmError as exc:
         raise fail(exc) from exc
-    for failure in result.failures:
+    for failure in evaluation.failures:
         typer.secho(f"not scored: {failure.message}", err=True, fg=typer.colors.RED)
-    if result.scores:
+    if evaluation.scores:
         typer.echo(result.summary_table())
     if csv is not None:
         typer.echo(f"csv: {result.write_csv(csv)}")
-    raise typer.Exit(1 if result.failures or not result.scores else 0)
+    raise typer.Exit(result.exit_code)
+
+
+def _evaluate_protocol(
+    pred_dir: Path,
+    truth_dir: Path,
+    protocol: str,
+    segmenter: str | None,
+    segmentations: Path | None,
+    truth_labels: str | None,
+    lesion_wise: bool,
+    baseline: bool,
+    on_case: Callable[[str, object], None],
+    on_start: Callable[[int], None],
+):  # noqa: ANN202 (a ProtocolEvaluation, imported lazily)
+    """``cwdm evaluate --protocol``: the year's preset, its segmenter given with ``--segmenter``."""
+    from ..evaluation.protocols import evaluate_protocol, get_protocol
+    from ..segmentation.spec import open_segmenter
+
+    extra = None
+    if lesion_wise:
+        from ..evaluation.lesionwise import OfficialMetrics
+
+        extra = OfficialMetrics()
+    return evaluate_protocol(
+        pred_dir,
+        truth_dir,
+        get_protocol(protocol),
+        segmenter=open_segmenter(segmenter) if segmenter else None,
+        segmentations_dir=segmentations,
+        truth_convention=truth_labels,  # type: ignore[arg-type]
+        extra=extra,
+        baseline=baseline,
+        on_case=on_case,  # type: ignore[arg-type]
+        on_start=on_start,
+    )
 
 
 def _downstream_scorer(

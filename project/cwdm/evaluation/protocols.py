@@ -33,8 +33,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
+from ..choices import ProtocolName
 from ..errors import ConfigError
 from ..segmentation.case import Segmenter
 from ..segmentation.labels import DICE_COLUMNS, ConventionName
@@ -45,8 +46,6 @@ from .labelwise import LABEL_COLUMNS, LABEL_TITLES, LabelScores
 from .lesionwise import LESION_DICE_COLUMNS
 
 log = logging.getLogger(__name__)
-
-ProtocolName = Literal["brasyn2023", "brasyn2024", "brasyn2025"]
 
 
 @dataclass(frozen=True)
