@@ -28,11 +28,12 @@ MAY_IMPORT: dict[str, set[str]] = {
     "cases": FOUNDATION,
     "config": FOUNDATION | {"method", "cases"},
     "runtime": FOUNDATION | {"config"},
+    "resumable": FOUNDATION,
     "weights": FOUNDATION | {"method", "config"},
     "qc": FOUNDATION | {"cases", "segmentation"},
     "inference": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "qc"},
-    "training": FOUNDATION | {"method", "cases", "config", "runtime", "weights"},
-    "segmentation": FOUNDATION | {"cases", "config", "runtime", "weights"},
+    "training": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "resumable"},
+    "segmentation": FOUNDATION | {"cases", "config", "runtime", "weights", "resumable"},
     "evaluation": FOUNDATION
     | {"method", "cases", "config", "runtime", "weights", "inference", "segmentation"},
 }

@@ -358,11 +358,11 @@ def test_unreadable_or_foreign_checkpoints_are_refused(train_dir, tmp_path):
     run = trainer(train_dir, tmp_path / "out")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read training checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
         run.load_checkpoint(garbage)
     foreign = tmp_path / "weights.pt"
     torch.save(run.model.state_dict(), foreign)
-    with pytest.raises(CheckpointError, match="not a cwdm training checkpoint"):
+    with pytest.raises(CheckpointError, match="not a cwdm-training-checkpoint-v1 checkpoint"):
         run.load_checkpoint(foreign)
 
 
@@ -586,7 +586,7 @@ def test_a_time_limit_checkpoints_each_target_and_the_rerun_goes_on(train_dir, t
     command = ["train", str(train_dir), str(out), *options, "--iterations", "4", "--max-seconds", "0"]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
-    assert "time limit of 0 s a target reached" in result.output
+    assert "time limit of 0 s a run reached" in result.output
     for target in ("t1n", "t1c", "t2w", "t2f"):  # one step each, checkpointed
         assert [p.name for p in (out / target / "checkpoints").iterdir()] == ["step_00000001.pt"]
     result = CliRunner().invoke(app, command[:-2])

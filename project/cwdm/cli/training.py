@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -13,6 +12,9 @@ from ..choices import SamplerName, TrainPrecisionName
 from ..errors import CwdmError
 from .app import COMMAND_SETTINGS, Verbose, app, fail, integers, targets_of
 from .logs import setup_logging
+
+if TYPE_CHECKING:
+    from ..resumable import TrainingOutcome
 
 log = logging.getLogger("cwdm")
 
@@ -94,10 +96,11 @@ def train(
     """Train denoisers, one target after another on one copy of the data; multi-GPU with
     ``torchrun --nproc-per-node N $(which cwdm) train ...``."""
     from ..config import ModelSpec
+    from ..resumable import StepReport
     from ..runtime import configure_process
     from ..signals import stop_requested_on_signals
     from ..training.run import train_targets
-    from ..training.trainer import StepReport, TrainingConfig
+    from ..training.trainer import TrainingConfig
 
     setup_logging(verbose)
 
@@ -151,27 +154,20 @@ def train(
             )
     except CwdmError as exc:
         raise fail(exc) from exc
-    for trainer in trainers:
-        state = "done" if trainer.step >= trainer.config.iterations else "stopped"
-        where = f"weights: {trainer.weights_file}"
-        typer.echo(f"{trainer.config.target}: step {trainer.step} of {iterations} ({state}); {where}")
-    unfinished = len(trainers) < len(configs) or any(t.step < t.config.iterations for t in trainers)
-    if unfinished and (stop.is_set() or max_seconds is None):
-        signum = stop.signal_number or signal.SIGTERM  # another rank's signal stopped this one
-        last = trainers[-1]
-        typer.secho(
-            f"stopped by {signal.Signals(signum).name} after step {last.step} of {iterations}; checkpoint "
-            f"saved, weights exported to {last.weights_file}: rerun the same command to resume",
-            err=True,
-            fg=typer.colors.YELLOW,
-        )
-        raise typer.Exit(128 + signum)
-    if unfinished:
-        typer.secho(
-            f"time limit of {max_seconds:g} s a target reached; checkpoints saved: rerun to go on",
-            err=True,
-            fg=typer.colors.YELLOW,
-        )
+    from ..resumable import TrainingOutcome
+
+    runs = [trainer.outcome(str(trainer.config.target)) for trainer in trainers]
+    stopped_by = stop.signal_number if stop.is_set() else None
+    _render_outcome(TrainingOutcome.of(runs, len(configs), stopped_by, max_seconds))
+
+
+def _render_outcome(outcome: TrainingOutcome) -> None:
+    """A line per run, why the training ended early (if it did), and its exit status."""
+    typer.echo("\n".join(outcome.lines()))
+    notice = outcome.notice()
+    if notice is not None:
+        typer.secho(notice, err=True, fg=typer.colors.YELLOW)
+    raise typer.Exit(outcome.exit_code)
 
 
 segmenter_app = typer.Typer(
@@ -215,12 +211,13 @@ def segmenter_train(
 ) -> None:
     """Train the reference segmenter (MONAI SegResNet, 2 mm, WT/TC/ET); a rerun resumes."""
     from ..config import ReferenceSegmenterSpec
-    from ..segmentation.training import SegmenterStep, SegmenterTrainingConfig, train_segmenter
+    from ..resumable import StepReport
+    from ..segmentation.training import SegmenterTrainingConfig, train_segmenter
     from ..signals import stop_requested_on_signals
 
     setup_logging(verbose)
 
-    def report(r: SegmenterStep) -> None:
+    def report(r: StepReport) -> None:
         log.info("step %d  loss %.4f  %.3f it/s", r.step, r.loss, r.steps_per_s)
 
     try:
@@ -251,6 +248,7 @@ def segmenter_train(
             )
     except CwdmError as exc:
         raise fail(exc) from exc
-    typer.echo(f"step {trainer.step} of {iterations}; weights: {trainer.weights_dir}")
-    if stop.is_set():
-        raise typer.Exit(128 + (stop.signal_number or signal.SIGTERM))
+    from ..resumable import TrainingOutcome
+
+    stopped_by = stop.signal_number if stop.is_set() else None
+    _render_outcome(TrainingOutcome.of([trainer.outcome("segmenter")], 1, stopped_by, max_seconds))

@@ -17,10 +17,8 @@ with ``segmenter.yaml``; a rerun resumes bit for bit from the newest checkpoint.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,11 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..atomic import replacing, write_atomic
+from ..atomic import write_atomic
 from ..cases.discovery import discover_cases
 from ..cases.reader import read_segmentation, read_sequences
 from ..config import SEGMENTER_SPEC_NAME, ReferenceSegmenterSpec
-from ..errors import CheckpointError, ConfigError, CwdmError
+from ..errors import ConfigError, CwdmError
+from ..resumable import ResumableRun, StepReport
 from ..runtime import autocast, resolve_precision
 from ..sequences import MRISequence
 from ..weights.checkpoints import read_state_dict, write_state_dict
@@ -196,18 +195,9 @@ def augmented_crop(
     return image, target
 
 
-@dataclass
-class SegmenterStep:
-    """A logged step of the loop."""
-
-    step: int
-    loss: float
-    elapsed_s: float
-    steps_per_s: float
-
-
-class SegmenterTrainer:
-    """Owns the network, optimiser, generator and step; saves and resumes checkpoints.
+class SegmenterTrainer(ResumableRun):
+    """Owns the network, optimiser, generator and step; checkpoints and resumes
+    (:class:`cwdm.resumable.ResumableRun`, keeping the newest three checkpoints).
 
     Args:
         config: The run's settings.
@@ -215,6 +205,9 @@ class SegmenterTrainer:
         out_dir: Receives ``checkpoints/``, ``train_log.csv`` and ``weights/`` (the exported segmenter).
         device: Where to train.
     """
+
+    FORMAT = "cwdm-segmenter-checkpoint-v1"
+    KEEP = 3
 
     def __init__(
         self,
@@ -225,8 +218,9 @@ class SegmenterTrainer:
     ) -> None:
         from monai.losses import DiceLoss
 
-        self.config, self.data = config, data
-        self.out_dir = Path(out_dir)
+        super().__init__(config, out_dir)
+        self.config: SegmenterTrainingConfig = config
+        self.data = data
         self.device = torch.device(device)
         if resolve_precision(config.precision, self.device)[0] != config.precision:  # type: ignore[arg-type]
             raise ConfigError(f"--precision {config.precision} is not available on {self.device}")
@@ -238,15 +232,14 @@ class SegmenterTrainer:
         )
         self.generator = torch.Generator().manual_seed(config.seed)
         self.dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
-        self.step = 0
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
 
     @property
     def weights_dir(self) -> Path:
         return self.out_dir / "weights"
+
+    @property
+    def weights_file(self) -> Path:
+        return self.weights_dir / WEIGHTS_NAME
 
     def batch(self) -> tuple[Tensor, Tensor]:
         """The next step's ``(images, targets)``, ``(B, C, *crop)`` and ``(B, 3, *crop)``."""
@@ -276,119 +269,34 @@ class SegmenterTrainer:
         self.step += 1
         return float(loss.detach())
 
-    def state(self) -> dict[str, Any]:
+    def model_state(self) -> dict[str, Any]:
         return {
-            "format": "cwdm-segmenter-checkpoint-v1",
-            "step": self.step,
-            "config": self.config.to_record(),
             "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_<N>.pt`` atomically (keeping the newest three) and export the weights."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_dir / f"step_{self.step:08d}.pt"
-        with replacing(path) as tmp:
-            torch.save(self.state(), tmp)
-        for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-3]:
-            old.unlink()
-        self.export_weights(self.weights_dir)
-        return path
+    def load_model_state(self, state: dict[str, Any], path: Path) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
 
-    def export_weights(self, folder: Path) -> Path:
-        """``folder/segmenter.safetensors`` (float16, half the size) and ``segmenter.yaml``."""
+    def export_weights(self) -> Path:
+        """``weights/segmenter.safetensors`` (float16, half the size) and ``segmenter.yaml``."""
+        return self.export_to(self.weights_dir)
+
+    def export_to(self, folder: Path) -> Path:
+        """The exported segmenter in ``folder`` (float16 weights and ``segmenter.yaml``)."""
         folder = Path(folder)
         state = {key: value.detach().half() for key, value in self.network.state_dict().items()}
         path = write_state_dict(state, folder / WEIGHTS_NAME)
         write_atomic(folder / SEGMENTER_SPEC_NAME, self.config.spec.to_yaml())
         return path
 
-    def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoint_dir.glob("step_*.pt"))
-        return found[-1] if found else None
-
-    def load_checkpoint(self, path: Path) -> None:
-        """Resume from a checkpoint of this run's settings.
-
-        Raises:
-            CheckpointError: unreadable, not ours, or written with other settings.
-        """
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for unreadable files
-            raise CheckpointError(f"{path}: cannot read segmenter checkpoint ({exc})") from exc
-        if not isinstance(state, dict) or state.get("format") != "cwdm-segmenter-checkpoint-v1":
-            raise CheckpointError(f"{path}: not a cwdm segmenter checkpoint")
-        ours, theirs = self.config.to_record(), state["config"]
-        changed = [
-            k for k in ours if k not in ("iterations", "save_every", "log_every") and ours[k] != theirs.get(k)
-        ]
-        if changed:
-            raise CheckpointError(
-                f"{path}: written with different settings ({', '.join(changed)}); cannot resume"
-            )
-        self.network.load_state_dict(state["network"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.step = int(state["step"])
-
     def load_weights(self, path: Path) -> None:
         """Start from exported weights (``segmenter.safetensors``); the optimiser starts afresh."""
         state = {key: value.float() for key, value in read_state_dict(path).items()}
         self.network.load_state_dict(state)
-
-    def run(
-        self,
-        on_log: Callable[[SegmenterStep], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        max_seconds: float | None = None,
-    ) -> Path:
-        """Train until ``config.iterations`` (or a stop request, or ``max_seconds``); returns the weights."""
-        cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.out_dir / "train_log.csv"
-        new_log = not log_path.exists()
-        start, start_step, losses = time.perf_counter(), self.step, []
-        with log_path.open("a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new_log:
-                writer.writerow(["step", "loss", "lr", "elapsed_s", "steps_per_s"])
-            while self.step < cfg.iterations:
-                loss = self.train_step()
-                if not math.isfinite(loss):
-                    raise CwdmError(f"loss became {loss} at step {self.step}; lower the learning rate")
-                losses.append(loss)
-                elapsed = time.perf_counter() - start
-                if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-                    report = SegmenterStep(
-                        self.step, float(np.mean(losses)), elapsed, (self.step - start_step) / elapsed
-                    )
-                    writer.writerow(
-                        [
-                            report.step,
-                            f"{report.loss:.5g}",
-                            f"{cfg.lr_at(self.step - 1):.3g}",
-                            f"{elapsed:.1f}",
-                            f"{report.steps_per_s:.4g}",
-                        ]
-                    )
-                    handle.flush()
-                    losses.clear()
-                    if on_log is not None:
-                        on_log(report)
-                saved = self.step % cfg.save_every == 0 or self.step == cfg.iterations
-                if saved:
-                    self.save_checkpoint()
-                stop = (should_stop is not None and should_stop()) or (
-                    max_seconds is not None and elapsed >= max_seconds
-                )
-                if stop:
-                    if not saved:
-                        self.save_checkpoint()
-                    break
-        return self.weights_dir / WEIGHTS_NAME
 
 
 def train_segmenter(
@@ -400,7 +308,7 @@ def train_segmenter(
     init_weights: Path | None = None,
     device: str = "cpu",
     max_seconds: float | None = None,
-    on_log: Callable[[SegmenterStep], None] | None = None,
+    on_log: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SegmenterTrainer:
     """Train the reference segmenter on ``data_dir``'s segmented complete cases; the flow of the command.
@@ -420,7 +328,7 @@ def train_segmenter(
         trainer.load_weights(Path(init_weights))
         log.info("started from the weights %s", init_weights)
     if trainer.step >= config.iterations:
-        trainer.export_weights(trainer.weights_dir)
+        trainer.export_weights()
         return trainer
     trainer.run(on_log=on_log, should_stop=should_stop, max_seconds=max_seconds)
     return trainer

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..resumable import StepReport
 from ..weights.folder import WeightsDir
 from .data import TrainingCases
 from .distributed import make_trainer
-from .trainer import StepReport, Trainer, TrainingConfig
+from .trainer import Trainer, TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def train_targets(
             trainer.load_weights(source)
             log.info("%s: starting from the weights in %s", config.target, source)
         log.info("training %s on %d cases, %s", config.target, len(data), trainer.device)
-        trainer.run(on_log=on_log, should_stop=_stop_rule(should_stop, max_seconds))
+        trainer.run(on_log=on_log, should_stop=should_stop, max_seconds=max_seconds)
         trainers.append(trainer)
         if should_stop is not None and should_stop():
             break
@@ -111,15 +112,6 @@ def _init_file(path: Path, config: TrainingConfig, several: bool) -> Path:
     if several:
         raise ConfigError(f"--init-weights {path}: several targets need a weights directory, not one file")
     return path
-
-
-def _stop_rule(
-    should_stop: Callable[[], bool] | None, max_seconds: float | None
-) -> Callable[[], bool] | None:
-    if max_seconds is None:
-        return should_stop
-    deadline = time.monotonic() + max_seconds
-    return lambda: time.monotonic() > deadline or (should_stop is not None and should_stop())
 
 
 def train_folder(data_dir: Path, out_dir: Path, config: TrainingConfig, **options: object) -> Trainer:

@@ -20,29 +20,25 @@ transforms and noise are made, so the processor is not what the GPU waits for.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 import math
-import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..atomic import replacing, write_atomic
+from ..atomic import write_atomic
 from ..config import MODEL_SPEC_NAME, ModelSpec
-from ..errors import CheckpointError, ConfigError, CwdmError
+from ..errors import CheckpointError, ConfigError
 from ..method.denoiser import Denoiser
 from ..method.schedule import NoiseSchedule
 from ..method.wavelets import build_condition, dwt3d, encode
+from ..resumable import ResumableRun
 from ..runtime import autocast, resolve_precision
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.checkpoints import check_state_dict, read_state_dict, write_state_dict
@@ -180,18 +176,9 @@ def ema_decay(rate: float, updates_done: int) -> float:
     return min(rate, (1.0 + updates_done) / (10.0 + updates_done))
 
 
-@dataclass
-class StepReport:
-    """Progress of the loop, passed to the ``on_log`` callback."""
-
-    step: int
-    loss: float
-    elapsed_s: float
-    steps_per_s: float
-
-
-class Trainer:
-    """Owns the model, optimiser, EMA, generator and step; saves and resumes checkpoints.
+class Trainer(ResumableRun):
+    """Owns the model, optimiser, EMA, generators and step; checkpoints and resumes
+    (:class:`cwdm.resumable.ResumableRun`).
 
     Args:
         config: The run's settings.
@@ -201,6 +188,8 @@ class Trainer:
         weights_dir: Where to export the inference weights (``<target>.safetensors`` + model.yaml).
     """
 
+    FORMAT = "cwdm-training-checkpoint-v1"
+
     def __init__(
         self,
         config: TrainingConfig,
@@ -209,12 +198,11 @@ class Trainer:
         device: torch.device | str = "cpu",
         weights_dir: Path | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, out_dir, dist.get_rank() if dist.is_initialized() else 0)
+        self.config: TrainingConfig = config
         self.data = data
-        self.out_dir = Path(out_dir)
         self.weights_dir = Path(weights_dir) if weights_dir else self.out_dir / "weights"
         self.device = torch.device(device)
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.schedule = config.spec.schedule()
         if resolve_precision(config.precision, self.device)[0] != config.precision:
@@ -235,7 +223,6 @@ class Trainer:
             if self.device.type == "cpu"
             else torch.Generator(device=self.device).manual_seed(config.seed + self.rank)
         )
-        self.step = 0
         # Cases of the next step being read in the background (only for cases not in memory).
         self._prefetched: dict[int, Future[Tensor]] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -282,7 +269,8 @@ class Trainer:
         for index in wanted:
             self._prefetched[index] = self._pool.submit(self.data.levels, index)
 
-    def _stop_prefetch(self) -> None:
+    def close(self) -> None:
+        """Stop the background reading of cases."""
         for future in self._prefetched.values():
             future.cancel()
         self._prefetched.clear()
@@ -319,8 +307,7 @@ class Trainer:
         self.step += 1
         return float(loss.detach())
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def _stop_agreed(self, requested: bool) -> bool:
+    def stop_agreed(self, requested: bool) -> bool:
         """True on every rank once any rank is asked to stop: ranks leave the loop at the same step."""
         if self.world_size == 1:
             return requested
@@ -328,16 +315,10 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-    def state(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, optimiser, EMA, scaler, step and generator."""
+    # -- checkpoints --------------------------------------------------------------------------
+    def model_state(self) -> dict[str, Any]:
+        """Weights, optimiser, EMA, scaler and generators."""
         return {
-            "format": "cwdm-training-checkpoint-v1",
-            "step": self.step,
-            "config": self.config.to_record(),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -347,43 +328,9 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_<N>.pt`` atomically and export the inference weights."""
-        path = self.checkpoint_dir / f"step_{self.step:08d}.pt"
-        if self.rank == 0:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            with replacing(path) as tmp:
-                torch.save(self.state(), tmp)
-            self.export_weights()
-        return path
-
-    def export_weights(self) -> Path:
-        """Write ``<target>.safetensors`` (EMA weights when enabled) and ``model.yaml``."""
-        spec_path = self.weights_dir / MODEL_SPEC_NAME
-        spec_text = self.config.spec.to_yaml()
-        if spec_path.exists() and spec_path.read_text() != spec_text:
-            raise ConfigError(
-                f"{spec_path} describes a different model than this run; export to another --weights-dir"
-            )
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
-        source = self.ema if self.ema is not None else self.model
-        path = write_state_dict(source.state_dict(), self.weights_file)
-        write_atomic(spec_path, spec_text)
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        """Resume from a checkpoint written by :meth:`save_checkpoint` (weights-only loading).
-
-        Raises:
-            CheckpointError: unreadable file, or one written with different settings.
-        """
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for unreadable files
-            raise CheckpointError(f"{path}: cannot read training checkpoint ({exc})") from exc
-        if not isinstance(state, dict) or state.get("format") != "cwdm-training-checkpoint-v1":
-            raise CheckpointError(f"{path}: not a cwdm training checkpoint")
-        ours, theirs = self.config.to_record(), state["config"]
+    def changed_settings(self, theirs: dict[str, Any]) -> list[str]:
+        """The settings a resumed run must share (``save_every`` and the like may change)."""
+        ours = self.config.to_record()
         resumable = (
             "target",
             "spec",
@@ -396,11 +343,9 @@ class Trainer:
             "flip",
             "lr_schedule",
         )
-        changed = [key for key in resumable if ours[key] != theirs.get(key)]
-        if changed:
-            raise CheckpointError(
-                f"{path}: written with different settings ({', '.join(changed)}); cannot resume"
-            )
+        return [key for key in resumable if ours[key] != theirs.get(key)]
+
+    def load_model_state(self, state: dict[str, Any], path: Path) -> None:
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
@@ -415,7 +360,20 @@ class Trainer:
                 )
             self.noise_generator.set_state(state["noise_generator"].cpu())
         torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
+
+    def export_weights(self) -> Path:
+        """Write ``<target>.safetensors`` (EMA weights when enabled) and ``model.yaml``."""
+        spec_path = self.weights_dir / MODEL_SPEC_NAME
+        spec_text = self.config.spec.to_yaml()
+        if spec_path.exists() and spec_path.read_text() != spec_text:
+            raise ConfigError(
+                f"{spec_path} describes a different model than this run; export to another --weights-dir"
+            )
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        source = self.ema if self.ema is not None else self.model
+        path = write_state_dict(source.state_dict(), self.weights_file)
+        write_atomic(spec_path, spec_text)
+        return path
 
     def load_weights(self, path: Path) -> None:
         """Start from published-layout weights (e.g. to fine-tune on whole volumes after crop training).
@@ -435,104 +393,3 @@ class Trainer:
     def weights_file(self) -> Path:
         """The exported inference weights of this target."""
         return self.weights_dir / f"{self.config.target}.safetensors"
-
-    def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoint_dir.glob("step_*.pt"))
-        return found[-1] if found else None
-
-    # -- the loop -----------------------------------------------------------------------------
-    def run(
-        self,
-        on_log: Callable[[StepReport], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> Path:
-        """Train until ``config.iterations``, saving every ``save_every`` steps and at the end.
-
-        Args:
-            on_log: Called with each logged :class:`StepReport`.
-            should_stop: Asked after every step; once it answers True (on any rank), the run saves a
-                checkpoint of the finished step, unless it just did, and returns early. A rerun resumes
-                from there; ``self.step`` tells where it stopped.
-
-        Returns:
-            The exported weights file.
-        """
-        cfg = self.config
-        log_path = self.out_dir / "train_log.csv"
-        if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        start, start_step, losses = time.perf_counter(), self.step, []
-        try:
-            with _CsvLog(log_path, enabled=self.rank == 0, resume_step=self.step) as csv_log:
-                while self.step < cfg.iterations:
-                    loss = self.train_step()
-                    if not math.isfinite(loss):
-                        raise CwdmError(f"loss became {loss} at step {self.step}; lower the learning rate")
-                    losses.append(loss)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-                        elapsed = time.perf_counter() - start
-                        report = StepReport(
-                            step=self.step,
-                            loss=float(np.mean(losses)),
-                            elapsed_s=elapsed,
-                            steps_per_s=(self.step - start_step) / elapsed if elapsed > 0 else 0.0,
-                        )
-                        csv_log.write(report)
-                        losses.clear()
-                        if on_log is not None:
-                            on_log(report)
-                    saved = self.step % cfg.save_every == 0 or self.step == cfg.iterations
-                    if saved:
-                        self.save_checkpoint()
-                    if should_stop is not None and self._stop_agreed(should_stop()):
-                        if not saved:
-                            self.save_checkpoint()
-                        break
-        finally:
-            self._stop_prefetch()
-        return self.weights_file
-
-
-class _CsvLog:
-    """Append-only CSV of :class:`StepReport` rows (opened by rank 0 only).
-
-    On resume, rows logged after the checkpoint's step (the run went on past its last checkpoint
-    before it stopped) are dropped, as those steps are trained again.
-    """
-
-    _HEADER = ["step", "loss", "elapsed_s", "steps_per_s"]
-
-    def __init__(self, path: Path, enabled: bool, resume_step: int = 0) -> None:
-        self.path, self.enabled, self.resume_step = path, enabled, resume_step
-        self._handle: Any = None
-
-    def _drop_rows_after_resume_step(self) -> None:
-        rows = list(csv.reader(self.path.open(newline="")))
-        kept = [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= self.resume_step]
-        if len(kept) == len(rows) - 1:
-            return
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows([rows[0], *kept])
-        write_atomic(self.path, buffer.getvalue())
-
-    def __enter__(self) -> _CsvLog:
-        if self.enabled:
-            new = not self.path.exists()
-            if not new:
-                self._drop_rows_after_resume_step()
-            self._handle = self.path.open("a", newline="")
-            self._writer = csv.writer(self._handle)
-            if new:
-                self._writer.writerow(self._HEADER)
-        return self
-
-    def write(self, report: StepReport) -> None:
-        if self._handle is not None:
-            self._writer.writerow(
-                [report.step, f"{report.loss:.6g}", f"{report.elapsed_s:.1f}", f"{report.steps_per_s:.4g}"]
-            )
-            self._handle.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.close()
