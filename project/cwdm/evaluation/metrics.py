@@ -22,13 +22,13 @@ own SSIM is :mod:`cwdm.evaluation.brasyn`'s.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
 from ..errors import ShapeError
+from ..voxel_error import mse, psnr, psnr_of
 
 #: Voxels dropped from each side of the first two axes for the ``crop`` region (240 -> 224 on BraTS).
 CROP_MARGIN = 8
@@ -50,17 +50,6 @@ _SSIM_BORDER = (SSIM_SETTINGS["win_size"] - 1) // 2
 
 
 # -- the metrics ------------------------------------------------------------------------------------
-def mse(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Mean squared error over all voxels, computed in float64."""
-    diff = np.asarray(prediction, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
-    return float(np.mean(diff * diff))
-
-
-def psnr(prediction: np.ndarray, truth: np.ndarray, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB: ``10 log10(data_range^2 / MSE)``; ``inf`` for identical inputs."""
-    return _psnr_of(mse(prediction, truth), data_range)
-
-
 def ssim(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Mean structural similarity of two 3D volumes (scikit-image, :data:`SSIM_SETTINGS`, float64).
 
@@ -156,12 +145,8 @@ def score_volumes(
         if mask is None or not (mask & inside).any():
             continue
         error = mse(prediction[mask], truth[mask])
-        scores[name] = Scores(error, _psnr_of(error), float(local[mask & inside].mean()))
+        scores[name] = Scores(error, psnr_of(error), float(local[mask & inside].mean()))
     return scores
-
-
-def _psnr_of(error: float, data_range: float = 1.0) -> float:
-    return math.inf if error == 0 else float(10.0 * math.log10(data_range**2 / error))
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -16,7 +16,6 @@ segmentation) and against the case's ``-seg`` ground truth where it has one.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..segmentation.labels import (
     to_canonical,
 )
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
+from ..voxel_error import mse, psnr_of
 from .previews import DIFFERENCE_SCALE, Panel, render_preview
 from .sheet import SHEET_NAME, SheetEntry, write_sheet
 
@@ -190,9 +190,8 @@ def _image_scores(synthesis: np.ndarray, truth: np.ndarray, brain: np.ndarray) -
     for region, mask in (("full", np.ones_like(brain)), ("brain", brain)):
         if not mask.any():
             continue
-        mse = float(np.mean((synthesis[mask] - truth[mask]) ** 2))
-        psnr = math.inf if mse == 0 else -10.0 * math.log10(mse)
-        rows.append((f"PSNR / MSE ({region})", f"{psnr:.2f} dB / {mse:.5f}"))
+        error = mse(synthesis[mask], truth[mask])
+        rows.append((f"PSNR / MSE ({region})", f"{psnr_of(error):.2f} dB / {error:.5f}"))
     return rows
 
 
