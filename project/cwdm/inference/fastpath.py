@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..config import CompileMode
+from ..choices import CompileMode
 from ..errors import CwdmError
 from ..runtime import Runtime, autocast
 

@@ -1,19 +1,9 @@
-"""Typed, validated configuration: ``parameters.yaml`` (run parameters) and ``model.yaml`` (a weights
-directory's architecture and sampling defaults).
+"""``parameters.yaml`` (run parameters), ``model.yaml`` (a weights directory's architecture and sampling
+defaults), the merged sampling settings of a run, and sweep grids.
 
-Only this module reads YAML. Field names are the YAML keys, defaults are the published configuration,
-and a bad file raises :class:`cwdm.ConfigError` naming the file, the key, the value and what is allowed,
-before any case runs. Validation uses pydantic (strict types: ``"100"`` is not an integer here).
-
-Every YAML file is read within bounds, so that a small hostile file is refused at once instead of
-exhausting time or memory: at most :data:`MAX_YAML_BYTES`, collections nested at most
-:data:`MAX_YAML_DEPTH` deep, at most :data:`MAX_YAML_VALUES` values once aliases are expanded, and a
-sweep grid of at most :data:`MAX_SWEEP_SETTINGS` settings; a value quoted in a message is cut short
-(:func:`shown`).
-
-The settings of a run are merged here too, once (:meth:`SamplingSettings.resolve`): command-line
-options over ``parameters.yaml`` (:func:`override_run_parameters`) over the weights' ``model.yaml`` over
-the published configuration.
+Field names are the YAML keys, defaults are the published configuration. The settings of a run are
+merged here, once (:meth:`SamplingSettings.resolve`): command-line options over ``parameters.yaml``
+(:func:`override_run_parameters`) over the weights' ``model.yaml`` over the published configuration.
 """
 
 from __future__ import annotations
@@ -22,51 +12,39 @@ import dataclasses
 import itertools
 import logging
 import math
-import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
-    ValidationError,
-    field_validator,
     model_validator,
 )
 
-from .choices import (
+from ..choices import (
     CompileMode,
     DeviceName,
-    LabelConventionName,
     PostprocessName,
     PrecisionName,
     SamplerName,
     ScheduleName,
-    SequenceName,
-    StructureName,
     TimestepSpacing,
 )
-from .errors import ConfigError
-from .method.denoiser import DenoiserConfig
-from .method.schedule import NoiseSchedule
+from ..errors import ConfigError
+from ..method.denoiser import DenoiserConfig
+from ..method.schedule import NoiseSchedule
+from .reading import MAX_SWEEP_SETTINGS, _read_yaml, _Strict, _validate
 
 log = logging.getLogger(__name__)
-
 
 #: The published number of diffusion (and sampling) steps.
 PUBLISHED_STEPS = 1000
 #: The file name of a weights directory's architecture and sampling defaults.
 MODEL_SPEC_NAME = "model.yaml"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RunParameters(_Strict):
@@ -149,6 +127,11 @@ class ModelSpec(_Strict):
             raise ValueError(str(exc)) from exc
         return rest | {"architecture": architecture}
 
+    @classmethod
+    def file_keys(cls) -> list[str]:
+        """The flat keys of ``model.yaml``: the architecture's, then the others."""
+        return [*ARCHITECTURE_KEYS, *(name for name in cls.model_fields if name != "architecture")]
+
     def schedule(self) -> NoiseSchedule:
         """The training noise schedule."""
         return NoiseSchedule.named(self.noise_schedule, self.diffusion_steps)
@@ -161,152 +144,6 @@ class ModelSpec(_Strict):
         if not architecture["dropout"]:
             del architecture["dropout"]
         return yaml.safe_dump(architecture | self.model_dump(exclude={"architecture"}), sort_keys=False)
-
-
-#: The largest YAML file read (parameters files take a few hundred bytes, sweep grids a few kilobytes).
-MAX_YAML_BYTES = 2**18
-#: How deep collections may nest in a YAML file (the deepest we write is two).
-MAX_YAML_DEPTH = 32
-#: How many values a YAML file may hold once its aliases (``*name``) are expanded: a few hundred bytes
-#: of nested aliases would otherwise stand for billions of values ("billion laughs").
-MAX_YAML_VALUES = 10_000
-#: The most settings a sweep grid may expand to.
-MAX_SWEEP_SETTINGS = 10_000
-#: How many validation errors a message lists, and how long a value quoted from a file may be.
-_SHOWN_ERRORS = 8
-_SHOWN_CHARS = 80
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 2, 4, 4, 4
-_REPR.maxset, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 4, _SHOWN_CHARS, _SHOWN_CHARS, 40
-
-
-def shown(value: Any) -> str:
-    """A value read from a file, quoted for a message: its ``repr``, bounded in depth, items and length
-    (a value from a file may be megabytes long, or a structure of shared parts far larger unrolled)."""
-    return _clip_text(_REPR.repr(value))
-
-
-def _clip_text(text: str, limit: int = 2 * _SHOWN_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _format_errors(source: str, exc: ValidationError) -> str:
-    errors = exc.errors()
-    lines = []
-    for error in errors[:_SHOWN_ERRORS]:
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        key = _clip_text(key, _SHOWN_CHARS)
-        if error["type"] == "extra_forbidden":
-            lines.append(f"unknown key {key!r}")
-        elif not error["loc"] and error["type"] == "value_error":  # a whole-file check names its keys
-            lines.append(str(error["msg"]).removeprefix("Value error, "))
-        else:
-            # a validator's message may quote the value too (``got ...``): both are cut short
-            lines.append(f"key {key!r}: {_clip_text(error['msg'])} (got {shown(error.get('input'))})")
-    if len(errors) > _SHOWN_ERRORS:
-        lines.append(f"and {len(errors) - _SHOWN_ERRORS} more")
-    return f"{source}: " + "; ".join(lines)
-
-
-def _validate(model: type[_Strict], data: Any, source: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        names = [name for name in model.model_fields if name != "architecture"]
-        allowed = ", ".join([*ARCHITECTURE_KEYS, *names] if model is ModelSpec else names)
-        raise ConfigError(_format_errors(source, exc) + f". Allowed keys: {allowed}") from exc
-
-
-class _YamlTooLarge(yaml.YAMLError):
-    """A YAML document nested too deep, or one whose aliases expand to too many values."""
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with two bounds checked while the document is composed, before any value
-    is built: how deep collections nest (:data:`MAX_YAML_DEPTH`; the composer recurses, and 50,000
-    nested brackets would exhaust Python's stack), and how many values the document holds with its
-    aliases expanded (:data:`MAX_YAML_VALUES`; PyYAML shares an aliased value instead of copying it, but
-    validating or quoting the result walks every copy). An alias of a collection still being composed
-    (a recursive structure) is refused too."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._values: dict[int, int] = {}  # id(node) -> its values with aliases expanded
-
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            node = self.anchors.get(event.anchor)
-            if node is not None and id(node) not in self._values:
-                raise _YamlTooLarge(
-                    f"the alias *{event.anchor[:_SHOWN_CHARS]} refers to a collection that contains it "
-                    f"(a recursive structure){event.start_mark}"
-                )
-            return super().compose_node(parent, index)
-        self._depth += 1
-        if self._depth > MAX_YAML_DEPTH:
-            raise _YamlTooLarge(
-                f"collections nest more than {MAX_YAML_DEPTH} deep{self.peek_event().start_mark}"
-            )
-        node = super().compose_node(parent, index)
-        self._depth -= 1
-        values = 1
-        if isinstance(node, yaml.SequenceNode):
-            values += sum(self._values[id(item)] for item in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            values += sum(self._values[id(k)] + self._values[id(v)] for k, v in node.value)
-        if values > MAX_YAML_VALUES:
-            raise _YamlTooLarge(
-                f"the document holds more than {MAX_YAML_VALUES:,} values once its aliases (*name) are "
-                f"expanded{node.start_mark}"
-            )
-        self._values[id(node)] = values
-        return node
-
-
-def _read_yaml(path: Path) -> Any:
-    """The content of a YAML file, read within the bounds above.
-
-    Raises:
-        ConfigError: a missing, unreadable, too large or non-UTF-8 file; not YAML; nested too deep or
-            expanding to too many values through its aliases.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_YAML_BYTES + 1)
-        if len(raw) > MAX_YAML_BYTES:
-            raise ConfigError(
-                f"{path}: larger than {MAX_YAML_BYTES:,} bytes; a configuration file takes a few hundred"
-            )
-        text = raw.decode("utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({_clipped(exc)})") from exc
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    except _YamlTooLarge as exc:
-        raise ConfigError(f"{path}: refused: {_clipped(exc)}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_clipped(exc)})") from exc
-    except ValueError as exc:  # a value Python refuses to build (an integer of thousands of digits)
-        raise ConfigError(f"{path}: refused: {_clipped(exc)}") from exc
-    except RecursionError as exc:  # a structure the bounds above let through but Python cannot hold
-        raise ConfigError(f"{path}: refused: nested too deep") from exc
-    finally:
-        loader.dispose()
-
-
-def _clipped(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, at most ``limit`` characters (YAML's quote a line of the file)."""
-    return _clip_text(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()), limit)
 
 
 def parse_run_parameters(data: Any, source: str = "parameters") -> RunParameters:
@@ -501,125 +338,3 @@ def load_sweep_grid(path: Path) -> list[SweepSetting]:
         ConfigError: unreadable file, invalid YAML, or an invalid grid.
     """
     return expand_sweep_grid(_read_yaml(path), str(path))
-
-
-# -- segmenters (``cwdm evaluate --segmenter``) ------------------------------------------------------
-#: The file name of a reference segmenter's architecture, beside its weights.
-SEGMENTER_SPEC_NAME = "segmenter.yaml"
-
-
-def _four_sequences(value: Any) -> Any:
-    value = tuple(value) if isinstance(value, list) else value
-    if isinstance(value, tuple) and sorted(value) != sorted(("t1n", "t1c", "t2w", "t2f")):
-        raise ValueError("must name each of t1n, t1c, t2w, t2f once, in the model's channel order")
-    return value
-
-
-class ReferenceSegmenterSpec(_Strict):
-    """``segmenter.yaml`` of the reference segmenter we train and ship (``weights/segmenter/``).
-
-    A MONAI SegResNet that sees the four sequences, each clipped and scaled as for synthesis, averaged
-    down by ``downsample`` on every axis, and predicts the three BraTS regions (WT, TC, ET) as
-    independent sigmoid outputs.
-    """
-
-    kind: Literal["reference"] = "reference"
-    channels: tuple[SequenceName, ...] = ("t1n", "t1c", "t2w", "t2f")
-    init_filters: StrictInt = Field(default=16, ge=1)
-    blocks_down: tuple[StrictInt, ...] = (1, 2, 2, 4)
-    blocks_up: tuple[StrictInt, ...] = (1, 1, 1)
-    downsample: StrictInt = Field(default=2, ge=1, le=4)
-    threshold: float = Field(default=0.5, gt=0, lt=1)
-    #: Trained with one sequence zeroed at random (sequence dropout), so that it also segments a case
-    #: with that sequence absent, given as zeros: the skip-synthesis baseline of ``cwdm evaluate``.
-    accepts_absent_sequence: StrictBool = False
-
-    @field_validator("channels", mode="before")
-    @classmethod
-    def _check_channels(cls, value: Any) -> Any:
-        return _four_sequences(value)
-
-    @field_validator("blocks_down", "blocks_up", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
-
-    def to_yaml(self) -> str:
-        data = self.model_dump(mode="json")
-        return yaml.safe_dump(data, sort_keys=False)
-
-
-class NnUNetSegmenterSpec(_Strict):
-    """A trained nnU-Net v2 model folder, run through nnU-Net's own predictor.
-
-    The channel order and the meaning of the model's labels are declared, never guessed: an nnU-Net
-    BraTS model may number its inputs and labels in any order (nnU-Net's BraTS 2021 conversion, for one,
-    feeds T1, T1ce, T2, FLAIR and labels oedema 1, necrosis 2, enhancing 3).
-    """
-
-    kind: Literal["nnunet"]
-    model_folder: Path
-    channels: tuple[SequenceName, ...]
-    labels: dict[StrictInt, StructureName]
-    folds: tuple[StrictInt, ...] | Literal["all"] = (0,)
-    checkpoint: str = "checkpoint_final.pth"
-    device: DeviceName = "auto"
-    tile_step_size: float = Field(default=0.5, gt=0, le=1)
-    use_mirroring: StrictBool = True
-
-    @field_validator("channels", mode="before")
-    @classmethod
-    def _check_channels(cls, value: Any) -> Any:
-        return _four_sequences(value)
-
-    @field_validator("folds", mode="before")
-    @classmethod
-    def _folds_tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
-
-
-class CommandSegmenterSpec(_Strict):
-    """Any segmenter that runs as a command, one case at a time, on BraTS-named files.
-
-    The command is an argument list (or one string, split like a shell would, without running a shell)
-    in which ``{input}`` is a folder holding one case folder ``<case>/<case>-<seq>.nii.gz`` (the BraTS
-    input naming), ``{output}`` an empty folder for the result and ``{case}`` the case id. The label
-    volume is then read from ``output`` (``{output}/{case}.nii.gz`` by default, the BraTS segmentation
-    challenge's output naming).
-    """
-
-    kind: Literal["command"]
-    command: list[str] | str
-    output: str = "{output}/{case}.nii.gz"
-    labels: LabelConventionName | dict[StrictInt, StructureName] = "brats2023"
-    timeout_s: float = Field(default=3600.0, gt=0)
-    environment: dict[str, str] = Field(default_factory=dict)
-
-
-SegmenterSpec = ReferenceSegmenterSpec | NnUNetSegmenterSpec | CommandSegmenterSpec
-_SEGMENTER_KINDS: Mapping[str, type[_Strict]] = {
-    "reference": ReferenceSegmenterSpec,
-    "nnunet": NnUNetSegmenterSpec,
-    "command": CommandSegmenterSpec,
-}
-
-
-def load_segmenter_spec(path: Path) -> SegmenterSpec:
-    """Read a segmenter description (``kind: nnunet``, ``command`` or ``reference``).
-
-    Relative paths in it (``model_folder``) are taken from the file's folder.
-
-    Raises:
-        ConfigError: unreadable file, invalid YAML, an unknown ``kind``, unknown keys or bad values.
-    """
-    path = Path(path)
-    data = _read_yaml(path)
-    kind = data.get("kind", "reference") if isinstance(data, dict) else None
-    if kind not in _SEGMENTER_KINDS:
-        raise ConfigError(
-            f"{path}: key 'kind': expected one of {', '.join(_SEGMENTER_KINDS)}, got {shown(kind)}"
-        )
-    spec = _validate(_SEGMENTER_KINDS[kind], data, str(path))
-    if isinstance(spec, NnUNetSegmenterSpec) and not spec.model_folder.is_absolute():
-        spec = spec.model_copy(update={"model_folder": (path.parent / spec.model_folder).resolve()})
-    return spec
