@@ -368,3 +368,37 @@ def test_report_json_goes_outside_the_output_folder(tmp_path: Path) -> None:
     assert _files(out) == ["BraTS-GLI-00001-000-t2f.nii.gz"]
     assert _files(path.parent) == ["run.json"]
     assert isinstance(report, RunReport)
+
+
+def test_a_rerun_with_nothing_to_do_loads_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cwdm.inference.run import RunRequest, run_request
+    from cwdm.weights.folder import WeightsDir
+
+    for number, missing in ((1, "t2f"), (2, "t1n")):
+        write_case(tmp_path / "data", f"BraTS-GLI-0000{number}-000", missing=missing, seed=number)
+    weights = write_tiny_weights(tmp_path / "weights")
+    request = RunRequest(tmp_path / "data", tmp_path / "out", weights, RunParameters(device="cpu"))
+    loaded: list[str] = []
+    real_load = WeightsDir.load
+
+    def load(self, target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loaded.append(str(target))
+        return real_load(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(WeightsDir, "load", load)
+    first = run_request(request).report
+    assert [r.status for r in first.cases] == ["written", "written"] and sorted(loaded) == ["t1n", "t2f"]
+    loaded.clear()
+    again = run_request(request).report
+    assert [r.status for r in again.cases] == ["skipped", "skipped"] and loaded == []
+    # Other settings: the outputs are mismatched, kept, and still nothing needs a model...
+    other = RunRequest(tmp_path / "data", tmp_path / "out", weights, RunParameters(device="cpu", seed=7))
+    assert [r.status for r in run_request(other).report.cases] == [
+        "mismatched",
+        "mismatched",
+    ] and loaded == []
+    # ... until they are to be redone: then only the target of the case that changed is loaded.
+    (tmp_path / "out" / "BraTS-GLI-00001-000-t2f.nii.gz").unlink()
+    assert [r.status for r in run_request(other).report.cases] == ["written", "mismatched"] and loaded == [
+        "t2f"
+    ]

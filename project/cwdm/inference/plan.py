@@ -183,3 +183,23 @@ def _plan_one(
             output,
         )
     return Planned(case, target, output)
+
+
+def unfinished_cases(cases: Sequence[Case], out_dir: Path, existing: ExistingOutputs) -> list[Case]:
+    """The cases whose output a run would still make: a quick look before any model is loaded, so that a
+    rerun with nothing to do loads none (the plan proper, with claims, comes when the run starts).
+
+    Cases that cannot be planned are kept: the run reports them.
+    """
+    left = []
+    for case in cases:
+        try:
+            target = case.target()
+            output = Path(out_dir) / case.output_name(target)
+            reference = case.files[condition_order(target)[0]]
+            if output_complete(output, reference) and existing.verdict(case, target, output) is not None:
+                continue
+        except Exception:  # noqa: BLE001 - the run itself reports whatever is wrong with the case
+            pass
+        left.append(case)
+    return left
