@@ -4,7 +4,7 @@ What it does (docs/USAGE.md, "Speed"; measurements in docs/PERFORMANCE.md):
 
 - Always: ``torch.inference_mode()`` around the call, parameters frozen (``requires_grad`` off), the
   output returned as a contiguous float32 tensor, so the sampler state stays float32 whatever the network
-  computes in (STYLE.md section 4).
+  computes in (docs/ARCHITECTURE.md, "Conventions").
 - Autocast in the runtime's precision (bf16 or fp16 on a GPU; bf16 on a CPU with native bf16 when asked
   for, :func:`cwdm.runtime.resolve_precision`) around the network call only; GroupNorm still computes
   in float32 inside the network, as published (``GroupNorm32``).

@@ -1,7 +1,7 @@
 """Training one target's denoiser with the published objective, resumable bit for bit.
 
-The objective (REFERENCE.md section 5): x0 = scaled coefficients of the target, condition = scaled
-coefficients of the other three sequences, t uniform in 0..T-1, noise drawn in image space and wavelet
+The objective (docs/METHOD.md, "Training objective"): x0 = scaled coefficients of the target, condition =
+scaled coefficients of the other three sequences, t uniform in 0..T-1, noise drawn in image space and wavelet
 transformed (not LLL-scaled), loss = MSE between predicted and true x0. Adam, lr 1e-5, batch 1 by
 default. Preprocessing is the inference preprocessing (:mod:`cwdm.cases.volumes`).
 
