@@ -131,7 +131,16 @@ def run_cases(synth: RunSynthesizer, cases: Sequence[Case], out_dir: Path, optio
             claimed.update((item.case.case_id, item.output) for item in planned)
             batches = _batches(synth, planned, record)
             if options.flow.sharded and batches:
-                workers.run_sharded(options.worker_factory, batches, out_dir, record, options)
+                flow = options.flow
+                workers.run_sharded(
+                    options.worker_factory,
+                    batches,
+                    out_dir,
+                    record,
+                    flow.devices,
+                    options.qc_dir,
+                    options.on_step,
+                )
             else:
                 process_batches(
                     synth, batches, out_dir, record, options.flow, options.qc_dir, options.on_step
