@@ -35,7 +35,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "weights": FOUNDATION | {"method", "config"},
     "qc": FOUNDATION | {"cases", "segmentation"},
     "inference": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "qc"},
-    "training": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "resumable"},
+    "training": FOUNDATION | {"method", "cases", "config", "runtime", "weights", "resumable", "segmentation"},
     "segmentation": FOUNDATION | {"cases", "config", "runtime", "weights", "resumable"},
     "evaluation": FOUNDATION
     | {"method", "cases", "config", "runtime", "weights", "inference", "segmentation"},
