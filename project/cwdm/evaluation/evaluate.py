@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 PREDICTION = "prediction"
 #: The ``source`` of the real complete case's segmentation scores (the downstream ceiling).
 REAL = "real"
+#: The ``source`` of the case segmented with the missing sequence left out (the skip-synthesis baseline).
+MISSING = "missing"
 #: The organisers' two numbers, as CSV columns.
 BRASYN_COLUMNS = ("brasyn_ssim_tumor", "brasyn_ssim_non_tumor")
 #: Dice of the segmentation of the completed case (:mod:`cwdm.evaluation.downstream`), then the official
@@ -152,6 +154,8 @@ def _source_key(source: str) -> tuple[int, str]:
         return (0, source)
     if source == REAL:
         return (1, source)
+    if source == MISSING:
+        return (len(MRISequence) + 2, source)
     tag = source.removeprefix("copy-")
     order = [str(seq) for seq in MRISequence]
     return (2 + order.index(tag), source) if tag in order else (len(order) + 2, source)
@@ -471,6 +475,8 @@ def evaluate(
                             copy, partial(downstream.copy, truth_case, target, source), failures
                         )
                     scores.append(copy)
+                if segmented:
+                    scores += _missing_row(downstream, truth_case, target, failures)
         if on_case is not None:
             on_case(case_id, target)
     return Evaluation(scores=tuple(_sorted(scores)), failures=tuple(failures))
@@ -487,6 +493,21 @@ def _with_downstream(
         failures.append(EvaluationFailure(scores.case_id, scores.target, "segmentation", str(exc)))
         return scores
     return replace(scores, downstream=downstream.values())
+
+
+def _missing_row(
+    downstream: DownstreamScorer, truth_case: Case, target: MRISequence, failures: list[EvaluationFailure]
+) -> list[CaseScores]:
+    """The skip-synthesis row (source :data:`MISSING`: the case segmented with ``target`` left out), or
+    none when the segmenter segments complete cases only."""
+    try:
+        missing = downstream.missing(truth_case, target)
+    except CaseError as exc:
+        failures.append(EvaluationFailure(truth_case.case_id, target, MISSING, str(exc)))
+        return []
+    if missing is None:
+        return []
+    return [CaseScores(truth_case.case_id, target, MISSING, downstream=missing.values())]
 
 
 def _baseline_or_failure(
