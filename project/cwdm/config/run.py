@@ -32,6 +32,7 @@ from ..choices import (
     PrecisionName,
     SamplerName,
     ScheduleName,
+    SequenceName,
     TimestepSpacing,
 )
 from ..errors import ConfigError
@@ -92,6 +93,22 @@ class RunParameters(_Strict):
 ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(DenoiserConfig))
 
 
+class TargetDefaults(_Strict):
+    """What ``model.yaml`` says of one target (its ``targets:`` section): sampling defaults where the
+    held-out data say this target differs from the others, and a warning for the users of its synthesis.
+
+    Attributes:
+        sampling_steps, sampler, timestep_spacing: This target's defaults (unset: the file's own).
+        downstream_warning: Logged once per run that synthesises this target, e.g. that a case completed
+            with this synthesis segments worse than with a present sequence copied in (with the numbers).
+    """
+
+    sampling_steps: StrictInt | None = Field(default=None, ge=1)
+    sampler: SamplerName | None = None
+    timestep_spacing: TimestepSpacing | None = None
+    downstream_warning: str | None = Field(default=None, max_length=2000)
+
+
 class ModelSpec(_Strict):
     """A weights directory's ``model.yaml``: architecture, training schedule and sampling defaults.
 
@@ -106,6 +123,7 @@ class ModelSpec(_Strict):
     sampling_steps: StrictInt = Field(default=PUBLISHED_STEPS, ge=1)
     sampler: SamplerName = "ddpm"
     timestep_spacing: TimestepSpacing = "linspace"
+    targets: dict[SequenceName, TargetDefaults] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -143,7 +161,12 @@ class ModelSpec(_Strict):
         architecture["channel_mult"] = list(architecture["channel_mult"])
         if not architecture["dropout"]:
             del architecture["dropout"]
-        return yaml.safe_dump(architecture | self.model_dump(exclude={"architecture"}), sort_keys=False)
+        rest = self.model_dump(exclude={"architecture", "targets"})
+        if self.targets:  # written only when set, as dropout
+            rest["targets"] = {
+                target: defaults.model_dump(exclude_none=True) for target, defaults in self.targets.items()
+            }
+        return yaml.safe_dump(architecture | rest, sort_keys=False)
 
 
 def parse_run_parameters(data: Any, source: str = "parameters") -> RunParameters:
@@ -235,32 +258,42 @@ class SamplingSettings:
 
     @classmethod
     def resolve(
-        cls, params: RunParameters, spec: ModelSpec, source: Path | str = MODEL_SPEC_NAME
+        cls,
+        params: RunParameters,
+        spec: ModelSpec,
+        source: Path | str = MODEL_SPEC_NAME,
+        target: str | None = None,
     ) -> SamplingSettings:
-        """Fill the unset ``sampling_steps``/``sampler`` of ``params`` from the model's ``spec``.
+        """Fill the unset ``sampling_steps``/``sampler``/``timestep_spacing`` of ``params`` from the
+        model's ``spec``: its defaults for ``target`` (``targets:``) where it has them, else its own.
 
         Args:
             params: The run parameters.
             spec: The weights' ``model.yaml``.
             source: Where ``spec`` came from, for messages.
+            target: The target whose defaults apply (``None``: the file's own).
 
         Raises:
             ConfigError: more sampling steps than the model's diffusion steps.
         """
-        steps = params.sampling_steps if params.sampling_steps is not None else spec.sampling_steps
+        own = spec.targets.get(str(target)) if target is not None else None
+        default_steps = own.sampling_steps if own and own.sampling_steps else spec.sampling_steps
+        default_sampler = own.sampler if own and own.sampler else spec.sampler
+        default_spacing = own.timestep_spacing if own and own.timestep_spacing else spec.timestep_spacing
+        steps = params.sampling_steps if params.sampling_steps is not None else default_steps
         if steps > spec.diffusion_steps:
             raise ConfigError(
                 f"sampling_steps {steps} exceeds the model's {spec.diffusion_steps} diffusion steps "
                 f"({source}); use at most {spec.diffusion_steps}"
             )
-        spacing = params.timestep_spacing or spec.timestep_spacing
+        spacing = params.timestep_spacing or default_spacing
         if steps == 1 and spacing == "linspace" and spec.diffusion_steps > 1:
             log.warning(
                 "one sampling step with the published linspace spacing keeps only t = 0 (the network "
                 "sees pure noise as if it were clean); timestep_spacing: trailing keeps t = T - 1"
             )
         return cls(
-            sampler=params.sampler or spec.sampler,
+            sampler=params.sampler or default_sampler,
             sampling_steps=steps,
             timestep_spacing=spacing,
             samples=params.samples,

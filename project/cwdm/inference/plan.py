@@ -43,7 +43,8 @@ class ExistingOutputs:
     """Judges a complete output already in the output folder against this run.
 
     Args:
-        settings: The run's :meth:`cwdm.config.SamplingSettings.output_record`.
+        settings: A target's settings as its outputs record them
+            (:meth:`cwdm.config.SamplingSettings.output_record`).
         model_sha256: The SHA-256 of the checkpoint serving a target (``None``: not known).
         digests: The run's file-hash cache (inputs are hashed once).
         overwrite: Redo mismatched outputs instead of keeping them.
@@ -51,7 +52,7 @@ class ExistingOutputs:
 
     def __init__(
         self,
-        settings: Mapping[str, Any],
+        settings: Callable[[MRISequence], Mapping[str, Any]],
         model_sha256: Callable[[MRISequence], str | None],
         digests: provenance.DigestCache,
         overwrite: bool = False,
@@ -69,7 +70,9 @@ class ExistingOutputs:
         """
         recorded = provenance.read_record(output)
         try:
-            mismatch = provenance.settings_mismatch(recorded, self.settings, self.model_sha256(target))
+            mismatch = provenance.settings_mismatch(
+                recorded, self.settings(target), self.model_sha256(target)
+            )
             mismatch += provenance.source_mismatch(recorded, case, target, self.digests)
         except OSError as exc:
             raise CaseError(

@@ -155,15 +155,19 @@ def _targets_to_load(request: RunRequest, cases: Sequence[Case]) -> list[MRISequ
     """The targets of the cases that still need a synthesis: a rerun whose outputs are all there (and made
     with this run's settings, model and inputs) loads no model at all."""
     weights = WeightsDir.open(Path(request.weights_dir))
-    settings = SamplingSettings.resolve(request.params, weights.spec, weights.spec_path)
     precision = resolve_runtime(request.params.device, request.params.precision).precision
+
+    def settings(target: MRISequence) -> dict[str, object]:
+        own = SamplingSettings.resolve(request.params, weights.spec, weights.spec_path, str(target))
+        return own.output_record(precision)
+
     digests = provenance.DigestCache()
 
     def model_sha256(target: MRISequence) -> str | None:
         path = weights.checkpoints.get(target)
         return digests(path) if path is not None else None
 
-    existing = ExistingOutputs(settings.output_record(precision), model_sha256, digests, request.overwrite)
+    existing = ExistingOutputs(settings, model_sha256, digests, request.overwrite)
     return needed_targets(unfinished_cases(cases, request.out_dir, existing))
 
 
