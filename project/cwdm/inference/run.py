@@ -30,6 +30,7 @@ from .execution import BatchStepCallback
 from .outputs import check_output_folder
 from .plan import ExistingOutputs, unfinished_cases
 from .report import CaseCallback, RunReport, check_report_path, save_report
+from .runner import run_cases
 from .split import SPLIT_RULE, WorkPart
 from .synthesizer import Synthesizer
 
@@ -131,14 +132,10 @@ def run_request(
     if on_ready is not None:
         on_ready(synth, cases)
     try:
-        report = synth.run(
-            cases,
-            request.out_dir,
-            qc_dir=request.qc_dir,
-            on_case=on_case,
-            on_step=on_step,
-            overwrite=request.overwrite,
+        options = synth.run_options(
+            qc_dir=request.qc_dir, overwrite=request.overwrite, on_case=on_case, on_step=on_step
         )
+        report = run_cases(synth, cases, request.out_dir, options)
     except Interrupted as exc:
         if exc.report is None:
             raise

@@ -14,7 +14,7 @@ import copy
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -329,16 +329,27 @@ class Synthesizer:
             CwdmError: ``out_dir`` cannot be created or is not writable.
             Interrupted: a signal stopped the run; its ``report`` holds the results so far.
         """
-        options = RunOptions(
+        options = self.run_options(qc_dir=qc_dir, overwrite=overwrite, on_case=on_case, on_step=on_step)
+        return run_cases(self, cases, out_dir, replace(options, claims=claims))
+
+    def run_options(
+        self,
+        *,
+        qc_dir: Path | None = None,
+        overwrite: bool = False,
+        on_case: CaseCallback | None = None,
+        on_step: BatchStepCallback | None = None,
+    ) -> RunOptions:
+        """How a run over cases goes with this synthesizer: its throughput and worker factory, and the
+        run's own choices (:func:`cwdm.inference.runner.run_cases`)."""
+        return RunOptions(
             flow=self.throughput,
             worker_factory=self.worker_factory or self._copies_factory(),
             qc_dir=qc_dir,
             overwrite=overwrite,
             on_case=on_case,
             on_step=on_step,
-            claims=claims,
         )
-        return run_cases(self, cases, out_dir, options)
 
     def _copies_factory(self) -> Callable[[torch.device], Synthesizer] | None:
         """Workers with copies of the in-memory models (a synthesizer built by hand over several devices)."""
