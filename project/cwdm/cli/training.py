@@ -268,7 +268,6 @@ def segmenter_train(
                 max_seconds=max_seconds,
                 on_log=report,
                 should_stop=stop.is_set,
-                exclude=tuple(item.strip() for item in exclude.split(",") if item.strip()),
             )
     except CwdmError as exc:
         raise fail(exc) from exc
