@@ -3,6 +3,7 @@ U-Net against docs/PERFORMANCE.md, "Status" (about 7.2 TFLOP for one full-resolu
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -148,3 +149,39 @@ def test_heldout_table_marks_which_rows_beat_every_copy(tmp_path: Path) -> None:
     lines = [line for line in text.splitlines() if line.startswith("| A") or line.startswith("| B")]
     assert [line.rsplit("|", 2)[-2].strip() for line in lines] == ["PSNR only", "SSIM only", "yes"]
     assert "1 of 3 beat every copy" in text and "PSNR 22.33 dB, SSIM 0.8833" in text
+
+
+def test_the_held_out_downstream_evaluation_runs_end_to_end(tmp_path: Path) -> None:
+    from cwdm.config import ReferenceSegmenterSpec
+    from cwdm.segmentation.training import SegmenterTrainingConfig, train_segmenter
+
+    from .conftest import write_tiny_weights
+    from .segmentation.synthetic import write_case_folder
+
+    for index in range(3):
+        write_case_folder(tmp_path / "cases", f"BraTS-GLI-0000{index}-000", seed=index, shape=(32, 32, 16))
+    spec = ReferenceSegmenterSpec(
+        init_filters=8, blocks_down=(1, 1), blocks_up=(1,), downsample=2, accepts_absent_sequence=True
+    )
+    config = SegmenterTrainingConfig(
+        spec=spec, iterations=1, crop_size=(16, 16, 16), save_every=1, sequence_dropout=0.5
+    )
+    segmenter = train_segmenter(tmp_path / "cases", tmp_path / "seg", config).weights_dir
+    weights = write_tiny_weights(tmp_path / "weights")
+    spec_file = importlib.util.spec_from_file_location(
+        "downstream", REPO / "benchmarks" / "downstream_heldout.py"
+    )
+    assert spec_file is not None and spec_file.loader is not None
+    module = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(module)
+    held = "BraTS-GLI-00000-000,BraTS-GLI-00001-000"
+    args = [str(tmp_path / "cases"), str(tmp_path / "out"), "--weights", str(weights)]
+    args += ["--segmenter", str(segmenter), "--heldout", held, "--targets", "t2f", "--tag", "tiny"]
+    assert module.main(args) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "tiny" / "scores.csv").open()))
+    sources = {row["source"] for row in rows}
+    assert sources == {"prediction", "real", "copy-t1n", "copy-t1c", "copy-t2w", "missing"}
+    assert {row["case"] for row in rows} == set(held.split(","))  # the third case is not held out
+    verdict = json.loads((tmp_path / "out" / "tiny" / "verdict.json").read_text())
+    assert verdict["t2f"]["cases"] == held.split(",") and verdict["t2f"]["best_copy"].startswith("copy-")
+    assert "| t2f | 2 |" in (tmp_path / "out" / "tiny" / "verdict.md").read_text()
