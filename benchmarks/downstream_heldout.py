@@ -1,14 +1,15 @@
-"""Held-out downstream evaluation of a weights folder: each held-out case with each target dropped in turn,
+"""Held-out downstream evaluation of weights folders: each held-out case with each target dropped in turn,
 synthesised, then scored by ``cwdm evaluate --baseline --segmenter`` (image scores, the Dice of the
 completed case, the real case, every copy and, where the segmenter can, the target left out), and the
 per-target verdict with bootstrap intervals (:mod:`cwdm.evaluation.verdict`).
 
-    python benchmarks/downstream_heldout.py CASES OUT --weights W --segmenter S --heldout ID,ID,... \
-        [--targets t1c,t2f] [--parameters recommended.yaml] [--tag name]
+    python benchmarks/downstream_heldout.py CASES OUT --weights NAME=W [--weights NAME=W ...] \
+        --segmenter S --heldout ID,ID,... [--targets t1c,t2f] [--parameters recommended.yaml]
 
-Writes ``OUT/<tag>/scores.csv`` (every score), ``verdict.md`` (the verdict table, the per-case Dice and
-the image scores with intervals) and ``verdict.json``; the syntheses and label volumes stay in
-``OUT/<tag>/work``. Resumable: a synthesis already written is skipped; the scoring is redone.
+Writes, per weights folder, ``OUT/<NAME>/scores.csv`` (every score), ``verdict.md`` (the verdict table,
+the image scores with intervals, the per-case Dice) and ``verdict.json``; the syntheses stay in
+``OUT/<NAME>/work``. The baselines (the real case, the copies, the target left out) do not depend on the
+weights: they are scored once, with the first folder, and reused for the others.
 """
 
 from __future__ import annotations
@@ -40,49 +41,61 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--weights", action="append", required=True, help="NAME=FOLDER, repeatable")
     parser.add_argument("--segmenter", required=True)
     parser.add_argument("--heldout", required=True, help="comma list of case ids")
     parser.add_argument("--targets", default="t1n,t1c,t2w,t2f")
     parser.add_argument("--parameters", type=Path, default=None)
-    parser.add_argument("--tag", default="run")
     args = parser.parse_args(argv)
 
     heldout = [item.strip() for item in args.heldout.split(",") if item.strip()]
     targets = [MRISequence(t) for t in args.targets.split(",")]
-    root = args.out / args.tag
-    work = root / "work"
     params = load_run_parameters(args.parameters).model_copy(update={"device": "cpu"})
     cases = {case.case_id: case for case in discover_cases(args.cases) if case.case_id in heldout}
     missing = sorted(set(heldout) - set(cases))
     if missing:
         raise SystemExit(f"held-out cases not in {args.cases}: {missing}")
-    scorer = DownstreamScorer(open_segmenter(args.segmenter, device="cpu"), work / "segmentations")
-    rows = []
-    for target in targets:
-        inputs = work / "inputs" / str(target)
-        for case in cases.values():
-            folder = inputs / case.case_id
-            folder.mkdir(parents=True, exist_ok=True)
-            for seq in condition_order(target):
-                if not (folder / case.files[seq].name).is_file():
-                    shutil.copy(case.files[seq], folder / case.files[seq].name)
-        predictions = work / "predictions" / str(target)
-        report = work / f"predictions-{target}-report.json"
-        run = run_request(RunRequest(inputs, predictions, args.weights, params, report))
-        if run.report.exit_code != 0:
-            raise SystemExit(f"synthesis of {target} failed: {run.report.counts_text()}")
-        result = evaluate(predictions, args.cases, baseline=True, downstream=scorer)
-        for failure in result.failures:
-            print(f"not scored: {failure.message}", file=sys.stderr)
-        rows += [
-            {"case": s.case_id, "target": s.target, "source": s.source, **s.values()} for s in result.scores
-        ]
-    _write(root, rows, args)
+    scorer = DownstreamScorer(open_segmenter(args.segmenter, device="cpu"))
+    baselines: list[dict] = []
+    for number, item in enumerate(args.weights):
+        name, _, folder = item.partition("=")
+        root = args.out / name
+        rows = []
+        for target in targets:
+            inputs = _inputs(cases, target, args.out / "inputs")
+            predictions = root / "work" / "predictions" / str(target)
+            report = root / "work" / f"predictions-{target}-report.json"
+            run = run_request(RunRequest(inputs, predictions, Path(folder), params, report))
+            if run.report.exit_code != 0:
+                raise SystemExit(f"{name}: synthesis of {target} failed: {run.report.counts_text()}")
+            result = evaluate(predictions, args.cases, baseline=number == 0, downstream=scorer)
+            for failure in result.failures:
+                print(f"not scored: {failure.message}", file=sys.stderr)
+            rows += [
+                {"case": s.case_id, "target": s.target, "source": s.source, **s.values()}
+                for s in result.scores
+            ]
+        if number == 0:
+            baselines = [row for row in rows if row["source"] not in ("prediction", "real")]
+        else:
+            rows += baselines
+        _write(root, name, rows, args, folder)
     return 0
 
 
-def _write(root: Path, rows: list[dict], args: argparse.Namespace) -> None:
+def _inputs(cases: dict, target: MRISequence, root: Path) -> Path:
+    """``root/<target>/<case>/``: copies of the three present sequences of each held-out case."""
+    inputs = root / str(target)
+    for case in cases.values():
+        folder = inputs / case.case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for seq in condition_order(target):
+            if not (folder / case.files[seq].name).is_file():
+                shutil.copy(case.files[seq], folder / case.files[seq].name)
+    return inputs
+
+
+def _write(root: Path, name: str, rows: list[dict], args: argparse.Namespace, folder: str) -> None:
     import csv
 
     columns = sorted({key for row in rows for key in row} - {"case", "target", "source"})
@@ -92,9 +105,9 @@ def _write(root: Path, rows: list[dict], args: argparse.Namespace) -> None:
         writer.writerows({k: ("" if v != v else v) for k, v in row.items()} for row in rows)  # NaN: empty
     found = verdicts(rows)
     lines = [
-        f"# Held-out downstream evaluation: {args.tag}",
+        f"# Held-out downstream evaluation: {name}",
         "",
-        f"Weights `{args.weights}`, segmenter `{args.segmenter}`, parameters "
+        f"Weights `{folder}`, segmenter `{args.segmenter}`, parameters "
         f"`{args.parameters or 'defaults'}`; held-out cases: {args.heldout}.",
         "",
         "## Verdict per target (Dice, mean [bootstrap 95 % interval] over cases)",

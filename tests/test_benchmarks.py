@@ -175,8 +175,15 @@ def test_the_held_out_downstream_evaluation_runs_end_to_end(tmp_path: Path) -> N
     module = importlib.util.module_from_spec(spec_file)
     spec_file.loader.exec_module(module)
     held = "BraTS-GLI-00000-000,BraTS-GLI-00001-000"
-    args = [str(tmp_path / "cases"), str(tmp_path / "out"), "--weights", str(weights)]
-    args += ["--segmenter", str(segmenter), "--heldout", held, "--targets", "t2f", "--tag", "tiny"]
+    args = [
+        str(tmp_path / "cases"),
+        str(tmp_path / "out"),
+        "--weights",
+        f"tiny={weights}",
+        "--weights",
+        f"again={weights}",
+    ]
+    args += ["--segmenter", str(segmenter), "--heldout", held, "--targets", "t2f"]
     assert module.main(args) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "tiny" / "scores.csv").open()))
     sources = {row["source"] for row in rows}
@@ -185,3 +192,6 @@ def test_the_held_out_downstream_evaluation_runs_end_to_end(tmp_path: Path) -> N
     verdict = json.loads((tmp_path / "out" / "tiny" / "verdict.json").read_text())
     assert verdict["t2f"]["cases"] == held.split(",") and verdict["t2f"]["best_copy"].startswith("copy-")
     assert "| t2f | 2 |" in (tmp_path / "out" / "tiny" / "verdict.md").read_text()
+    # The second folder (the same weights) reuses the baselines and reaches the same verdict.
+    again = json.loads((tmp_path / "out" / "again" / "verdict.json").read_text())
+    assert again["t2f"]["means"] == verdict["t2f"]["means"]
