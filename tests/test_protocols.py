@@ -101,7 +101,7 @@ def test_2025_adds_the_per_label_scores_of_each_segmentation(
     rows = _rows(result.evaluation.to_csv())
     header = next(csv.reader(io.StringIO(result.evaluation.to_csv())))
     assert header[: 3 + len(columns())] == ["case", "target", "source", *columns()]
-    assert header[3 + len(columns()) :] == [*LABEL_COLUMNS, "error"]
+    assert header[3 + len(columns()) :] == [*LABEL_COLUMNS, "error", "status"]
     for case_id in CASES:
         true, predicted = labels[case_id], damaged(labels[case_id])
         for source in ("prediction", "real", "copy-t1n"):

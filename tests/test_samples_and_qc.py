@@ -229,3 +229,60 @@ def test_single_step_needs_the_trailing_spacing_and_then_returns_the_networks_x0
     assert seen[-1] == 0
     with pytest.raises(ConfigError, match="unknown timestep spacing"):
         NoiseSchedule.linear(1000).respaced(10, "leading")  # type: ignore[arg-type]
+
+
+def test_cli_qc_takes_the_truth_from_a_folder_of_complete_cases(tmp_path: Path) -> None:
+    """DATA the inputs, --truth the complete cases: the truth shown (and scored as cwdm evaluate scores it)
+    where the truth folder has it, the inputs alone with a "no truth" note where it does not."""
+    shape = (32, 32, 16)  # large enough for cwdm evaluate's centre crop
+    for number in (1, 2):
+        write_case(tmp_path / "data", f"BraTS-GLI-0000{number}-000", missing="t2f", seed=number, shape=shape)
+    write_case(tmp_path / "truth", "BraTS-GLI-00001-000", missing=None, seed=1, shape=shape)  # case 1 only
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for number in (1, 2):
+        case = f"BraTS-GLI-0000{number}-000"
+        source = tmp_path / "data" / case / f"{case}-t2w.nii.gz"
+        image = nib.load(source)
+        nib.save(nib.Nifti1Image(image.get_fdata() / 1000.0, image.affine), pred / f"{case}-t2f.nii.gz")
+    command = [
+        "qc",
+        str(pred),
+        str(tmp_path / "data"),
+        str(tmp_path / "qc"),
+        "--truth",
+        str(tmp_path / "truth"),
+    ]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "BraTS-GLI-00001-000  t2f  previewed\n" in result.output
+    truth_dir = tmp_path / "truth"
+    assert f"BraTS-GLI-00002-000  t2f  previewed: no truth in {truth_dir}, drawn with its inputs only\n" in (
+        result.output
+    )
+    page = (tmp_path / "qc" / "index.html").read_text()
+    from cwdm.evaluation.evaluate import evaluate
+
+    (scores,) = evaluate(pred, truth_dir).scores
+    assert f"{scores.full.psnr:.2f} dB / {scores.full.mse:.5f}" in page  # the truth folder's t2f
+    with (
+        Image.open(tmp_path / "qc" / "BraTS-GLI-00001-000-t2f.png") as with_truth,
+        Image.open(tmp_path / "qc" / "BraTS-GLI-00002-000-t2f.png") as inputs_only,
+    ):
+        assert with_truth.width > 1.3 * inputs_only.width  # truth and difference columns
+    assert f"truth {truth_dir}" in page
+
+
+def test_cli_qc_says_why_a_prediction_failed_on_its_line(tmp_path: Path) -> None:
+    write_case(tmp_path / "data", CASE, missing="t2f", seed=1)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / f"{CASE}-t2f.nii.gz").write_bytes(b"not a volume")
+    (pred / "BraTS-GLI-00009-000-t1n.nii.gz").write_bytes(b"no case")
+    result = CliRunner().invoke(app, ["qc", str(pred), str(tmp_path / "data"), str(tmp_path / "qc")])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    (broken,) = [line for line in lines if line.startswith(f"{CASE}  t2f  failed: ")]
+    assert "cannot" in broken and f"{CASE}-t2f.nii.gz" in broken
+    (orphan,) = [line for line in lines if line.startswith("BraTS-GLI-00009-000  t1n  failed: ")]
+    assert f"no case folder BraTS-GLI-00009-000 in {tmp_path / 'data'}" in orphan and "--truth" in orphan

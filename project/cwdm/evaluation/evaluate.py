@@ -8,7 +8,9 @@ baseline" copies a present sequence as the missing one; the copy is normalised l
 so it is scored on the same [0, 1] scale as a prediction (:func:`baseline_scores`; the organisers'
 SSIM normalises it by its own percentiles, as it does a prediction).
 
-One bad prediction never stops the others: it becomes an :class:`EvaluationFailure`.
+One bad prediction never stops the others: it becomes an :class:`EvaluationFailure`. A prediction whose
+case has no ground truth in the truth folder (a pseudo-validation set may come with the truth of some
+cases only) is no failure: it is listed apart, as :class:`NoTruth`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -125,6 +128,44 @@ class EvaluationFailure:
 
 
 @dataclass(frozen=True)
+class NoTruth:
+    """A prediction with no ground truth to score it against: not scored, and not a failure.
+
+    Attributes:
+        case_id: The case.
+        target: The predicted sequence.
+        prediction: The prediction file.
+        reason: What is not there: the case folder, or the sequence's file in it.
+    """
+
+    case_id: str
+    target: MRISequence
+    prediction: Path
+    reason: str
+
+
+#: What became of one prediction.
+PredictionStatus = Literal["scored", "no truth", "failed"]
+
+
+@dataclass(frozen=True)
+class PredictionOutcome:
+    """What became of one prediction, as :func:`evaluate` reports it to its ``on_case`` callback.
+
+    Attributes:
+        case_id: The case.
+        target: The predicted sequence.
+        status: ``scored``, ``no truth`` (:class:`NoTruth`) or ``failed`` (an :class:`EvaluationFailure`).
+        detail: Why it was not scored (empty when scored).
+    """
+
+    case_id: str
+    target: MRISequence
+    status: PredictionStatus
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class SummaryRow:
     """Mean and sample standard deviation of each number over a group of :class:`CaseScores`.
 
@@ -179,6 +220,8 @@ class Evaluation:
     Attributes:
         scores: One record per scored (case, target, source), sorted.
         failures: One record per prediction or baseline that could not be scored.
+        no_truth: One record per prediction whose case has no ground truth in the truth folder (not
+            scored, not a failure).
         extra_columns: Further segmentation scores to report (column -> title in the printed tables),
             after :func:`columns`: those the downstream scorer's ``extra`` adds beyond the Dice columns
             (a protocol's per-label scores, :mod:`cwdm.evaluation.protocols`).
@@ -187,6 +230,7 @@ class Evaluation:
     scores: tuple[CaseScores, ...]
     failures: tuple[EvaluationFailure, ...]
     extra_columns: Mapping[str, str] = field(default_factory=dict)
+    no_truth: tuple[NoTruth, ...] = ()
 
     def score_columns(self) -> list[str]:
         """The score columns of this evaluation's CSV and summary: :func:`columns`, then the extra ones."""
@@ -194,8 +238,29 @@ class Evaluation:
 
     @property
     def exit_code(self) -> int:
-        """1 when anything could not be scored or nothing was, else 0 (``cwdm evaluate``'s status)."""
+        """1 when anything could not be scored or nothing was, else 0 (``cwdm evaluate``'s status); a
+        prediction with no ground truth is neither."""
         return 1 if self.failures or not self.scores else 0
+
+    def counts_text(self) -> str:
+        """``10 predictions: 1 scored, 9 no truth, 0 failed`` (and the failures of baselines and
+        segmentations, when there are any): the one counts line of an evaluation."""
+        scored = {(s.case_id, s.target) for s in self.scores if s.source == PREDICTION}
+        failed = sum(f.source == PREDICTION for f in self.failures)
+        total = len(scored) + len(self.no_truth) + failed
+        other = len(self.failures) - failed
+        text = f"{total} predictions: {len(scored)} scored, {len(self.no_truth)} no truth, {failed} failed"
+        return text + (f"; {other} baseline or segmentation failure{'s' * (other != 1)}" if other else "")
+
+    def no_truth_text(self, limit: int = 20) -> str:
+        """The predictions with no ground truth, named on one line (the first ``limit``); empty when
+        every prediction had its truth."""
+        if not self.no_truth:
+            return ""
+        names = [f"{item.case_id} ({item.target})" for item in self.no_truth]
+        more = len(names) - limit
+        shown = ", ".join(names[:limit]) + (f" and {more} more (the CSV lists them all)" if more > 0 else "")
+        return f"no truth (not scored, not a failure): {shown}"
 
     def summary(self) -> list[SummaryRow]:
         """Mean ± sd per source and target, then, for a source with several targets, over all of them
@@ -224,18 +289,21 @@ class Evaluation:
         return rows
 
     def to_csv(self) -> str:
-        """One row per score and per failure: case, target, source, every number, error (empty cells
-        where a number does not apply)."""
+        """One row per score, per failure and per prediction with no truth: case, target, source, every
+        number, error, status (``scored``, ``failed``, ``no truth``; empty cells where a number does not
+        apply)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         keys = self.score_columns()
-        writer.writerow(["case", "target", "source", *keys, "error"])
+        writer.writerow(["case", "target", "source", *keys, "error", "status"])
         for s in self.scores:
             values = s.values(self.extra_columns)
             cells = ["" if math.isnan(values[key]) else repr(values[key]) for key in keys]
-            writer.writerow([s.case_id, s.target, s.source, *cells, ""])
+            writer.writerow([s.case_id, s.target, s.source, *cells, "", "scored"])
         for f in self.failures:
-            writer.writerow([f.case_id, f.target or "", f.source, *([""] * len(keys)), f.message])
+            writer.writerow([f.case_id, f.target or "", f.source, *([""] * len(keys)), f.message, "failed"])
+        for n in self.no_truth:
+            writer.writerow([n.case_id, n.target, PREDICTION, *([""] * len(keys)), "", "no truth"])
         return buffer.getvalue()
 
     def write_csv(self, path: Path) -> Path:
@@ -408,13 +476,15 @@ def evaluate(
     *,
     baseline: bool = False,
     downstream: DownstreamScorer | None = None,
-    on_case: Callable[[str, MRISequence], None] | None = None,
+    on_case: Callable[[PredictionOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Score every prediction ``<case>-<seq>.nii.gz`` of ``pred_dir`` against ``truth_dir/<case>/``.
 
-    Each prediction is scored on its own: a missing ground truth, an unreadable file or a shape
-    mismatch becomes an :class:`EvaluationFailure` and the other predictions are still scored.
+    Each prediction is scored on its own: an unreadable file or a shape mismatch becomes an
+    :class:`EvaluationFailure` and the other predictions are still scored. A prediction whose case has no
+    folder in ``truth_dir``, or whose case folder has no file of the predicted sequence, is a
+    :class:`NoTruth`: not scored, and not a failure.
 
     Args:
         pred_dir: Folder of predictions (the pipeline's output folder).
@@ -425,7 +495,7 @@ def evaluate(
             the real case once per case (source :data:`REAL`), and with ``baseline`` each copy too. A
             segmenter that fails on a case is a failure of that case's Dice (source ``segmentation``);
             its image scores stand.
-        on_case: Called with the case id and target after each prediction is processed.
+        on_case: Called with each prediction's :class:`PredictionOutcome` once it is processed.
         on_start: Called with the number of predictions found, before the first is scored.
 
     Returns:
@@ -446,34 +516,72 @@ def evaluate(
     if on_start is not None:
         on_start(len(predictions))
     scores: list[CaseScores] = []
+    no_truth: list[NoTruth] = []
     for case_id, target, path in predictions:
+        outcome = PredictionOutcome(case_id, target, "scored")
         try:
-            truth_case = _truth_case(truth_dir, case_id)
-            seg = read_segmentation(truth_case)
-            scored = score_prediction(path, _truth_file(truth_case, target), case_id, seg)
+            absent = _absent_truth(Path(truth_dir), case_id, target)
+            if absent:
+                no_truth.append(NoTruth(case_id, target, path, absent))
+                outcome = replace(outcome, status="no truth", detail=absent)
+            else:
+                scores += _scores_of_prediction(
+                    path, truth_dir, case_id, target, baseline, downstream, failures
+                )
         except CaseError as exc:
             log.debug("not scored: %s", exc)
             failures.append(EvaluationFailure(case_id, target, PREDICTION, str(exc)))
-        else:
-            segmented = downstream is not None and seg is not None
-            if segmented:
-                scored = _with_downstream(
-                    scored, partial(downstream.completed, truth_case, target, path), failures
-                )
-                real = CaseScores(case_id, target, REAL)
-                scores.append(_with_downstream(real, partial(downstream.real, truth_case), failures))
-            scores.append(scored)
-            if baseline:
-                for copy in _baseline_or_failure(truth_case.folder, target, failures):
-                    if segmented:
-                        source = MRISequence(copy.source.removeprefix("copy-"))
-                        copy = _with_downstream(
-                            copy, partial(downstream.copy, truth_case, target, source), failures
-                        )
-                    scores.append(copy)
+            outcome = replace(outcome, status="failed", detail=str(exc))
         if on_case is not None:
-            on_case(case_id, target)
-    return Evaluation(scores=tuple(_sorted(scores)), failures=tuple(failures))
+            on_case(outcome)
+    return Evaluation(scores=tuple(_sorted(scores)), failures=tuple(failures), no_truth=tuple(no_truth))
+
+
+def _absent_truth(truth_dir: Path, case_id: str, target: MRISequence) -> str:
+    """What of a prediction's ground truth ``truth_dir`` lacks: the case folder, or the target's file in
+    it; empty when the truth is there (or the case folder is unusable: a failure, for the reader to say).
+    """
+    folder = truth_dir / case_id
+    if not folder.is_dir():
+        return f"no case folder {folder}"
+    case = read_case(folder)
+    if not case.problems and target not in case.files:
+        return f"no {case_id}-{target}.nii.gz in {folder}"
+    return ""
+
+
+def _scores_of_prediction(
+    path: Path,
+    truth_dir: Path,
+    case_id: str,
+    target: MRISequence,
+    baseline: bool,
+    downstream: DownstreamScorer | None,
+    failures: list[EvaluationFailure],
+) -> list[CaseScores]:
+    """The scores of one prediction that has its ground truth: its own, and with ``downstream`` the real
+    case's, with ``baseline`` the copies'; failures of the Dice and the baselines go to ``failures``.
+
+    Raises:
+        CaseError: the prediction itself cannot be scored.
+    """
+    truth_case = _truth_case(truth_dir, case_id)
+    seg = read_segmentation(truth_case)
+    scored = score_prediction(path, _truth_file(truth_case, target), case_id, seg)
+    scores = []
+    segmented = downstream is not None and seg is not None
+    if segmented:
+        scored = _with_downstream(scored, partial(downstream.completed, truth_case, target, path), failures)
+        real = CaseScores(case_id, target, REAL)
+        scores.append(_with_downstream(real, partial(downstream.real, truth_case), failures))
+    scores.append(scored)
+    if baseline:
+        for copy in _baseline_or_failure(truth_case.folder, target, failures):
+            if segmented:
+                source = MRISequence(copy.source.removeprefix("copy-"))
+                copy = _with_downstream(copy, partial(downstream.copy, truth_case, target, source), failures)
+            scores.append(copy)
+    return scores
 
 
 def _with_downstream(

@@ -39,9 +39,8 @@ from ..choices import ProtocolName
 from ..errors import ConfigError
 from ..segmentation.case import Segmenter
 from ..segmentation.labels import DICE_COLUMNS, ConventionName
-from ..sequences import MRISequence
 from .downstream import DownstreamScorer, ExtraScores, combined_scores
-from .evaluate import BRASYN_COLUMNS, COLUMN_TITLES, Evaluation, evaluate
+from .evaluate import BRASYN_COLUMNS, COLUMN_TITLES, Evaluation, PredictionOutcome, evaluate
 from .labelwise import LABEL_COLUMNS, LABEL_TITLES, LabelScores
 from .lesionwise import LESION_DICE_COLUMNS
 
@@ -310,7 +309,7 @@ def evaluate_protocol(
     truth_convention: ConventionName | None = None,
     extra: ExtraScores | None = None,
     baseline: bool = False,
-    on_case: Callable[[str, MRISequence], None] | None = None,
+    on_case: Callable[[PredictionOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ProtocolEvaluation:
     """Score every prediction of ``pred_dir`` against ``truth_dir`` as ``protocol`` says.

@@ -62,6 +62,13 @@ class SheetEntry:
     notes: tuple[str, ...] = ()
     scores: tuple[tuple[str, str], ...] = ()
 
+    def line(self) -> str:
+        """The entry as one plain line: ``<case>  <target>  <status>``, then why it failed (or was
+        ignored) and its notes, so that a log file says as much as the card."""
+        why = [text for text in (self.error, *self.notes) if text]
+        details = "; ".join(text.replace("\n", " ") for text in why)
+        return f"{self.case_id}  {self.target or '-'}  {self.status}" + (f": {details}" if details else "")
+
 
 #: On every sheet: the pictures are of synthesised images.
 NOT_FOR_DIAGNOSIS = (
