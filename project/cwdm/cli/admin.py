@@ -83,8 +83,7 @@ def report_merge(
         raise fail(exc) from exc
     if out is not None:
         write_atomic(out, json.dumps(merged.to_dict(), indent=2) + "\n")
-    parts = "" if merged.num_parts is None else f" from {merged.num_parts} part(s)"
-    typer.echo(f"{len(merged.cases)} cases{parts}: {merged.counts_text()}")
+    typer.echo(merged.headline())
     if merged.missing_parts:
         typer.echo(f"missing parts (no report): {', '.join(map(str, merged.missing_parts))}")
     for index, why in merged.unfinished_parts.items():
