@@ -286,3 +286,39 @@ def test_cli_qc_says_why_a_prediction_failed_on_its_line(tmp_path: Path) -> None
     assert "cannot" in broken and f"{CASE}-t2f.nii.gz" in broken
     (orphan,) = [line for line in lines if line.startswith("BraTS-GLI-00009-000  t1n  failed: ")]
     assert f"no case folder BraTS-GLI-00009-000 in {tmp_path / 'data'}" in orphan and "--truth" in orphan
+
+
+def test_cli_qc_names_the_weights_the_predictions_record(tmp_path: Path) -> None:
+    """Without --weights the sheet's header names each checkpoint the previewed predictions' provenance
+    records hold (file name, first 12 hex digits of its SHA-256), and counts those without a record."""
+    weights_dir = write_tiny_weights(tmp_path / "weights")
+    write_case(tmp_path / "data", "BraTS-GLI-00001-000", missing="t2f", seed=1)
+    write_case(tmp_path / "data", "BraTS-GLI-00002-000", missing="t1c", seed=2)
+    write_case(tmp_path / "data", "BraTS-GLI-00003-000", missing="t2f", seed=3)
+    out = tmp_path / "out"
+    infer = ["infer", str(tmp_path / "data"), str(out), "--weights", str(weights_dir), "--device", "cpu"]
+    assert CliRunner().invoke(app, infer).exit_code == 0
+    recorded = out / "BraTS-GLI-00003-000-t2f.nii.gz"  # replaced by a copy without a record
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(recorded).dataobj), nib.load(recorded).affine), recorded)
+    result = CliRunner().invoke(app, ["qc", str(out), str(tmp_path / "data"), str(tmp_path / "qc")])
+    assert result.exit_code == 0, result.output
+    expected = ", ".join(
+        f"{name} (sha256 {_sha(weights_dir / name)[:12]})" for name in ("t1c.safetensors", "t2f.safetensors")
+    )
+    page = (tmp_path / "qc" / "index.html").read_text()
+    assert f"weights: {expected}; 1 prediction without a record;" in page
+
+    named = ["qc", str(out), str(tmp_path / "data"), str(tmp_path / "qc2"), "--weights", "my weights"]
+    assert CliRunner().invoke(app, named).exit_code == 0
+    assert "weights: my weights;" in (tmp_path / "qc2" / "index.html").read_text()
+
+
+def test_recorded_weights_lists_each_distinct_checkpoint() -> None:
+    from cwdm.qc.run import recorded_weights
+
+    one, other = {"file": "t2f.pt", "sha256": "a" * 64}, {"file": "t2f.pt", "sha256": "b" * 64}
+    assert recorded_weights([{"model": one}, {"model": one}]) == f"t2f.pt (sha256 {'a' * 12})"
+    assert recorded_weights([{"model": other}, {"model": one}, None, None]) == (
+        f"t2f.pt (sha256 {'a' * 12}), t2f.pt (sha256 {'b' * 12}); 2 predictions without a record"
+    )
+    assert recorded_weights([None]) == "not recorded in the predictions"

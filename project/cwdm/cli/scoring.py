@@ -261,7 +261,11 @@ def qc(
         ),
     ] = "neurological",
     weights: Annotated[
-        str, typer.Option(help="The weights that made the predictions, named in the sheet's header.")
+        str,
+        typer.Option(
+            help="The weights that made the predictions, named in the sheet's header.",
+            show_default="the checkpoints the predictions' headers record",
+        ),
     ] = "",
     verbose: Verbose = False,
 ) -> None:
@@ -269,6 +273,7 @@ def qc(
     real sequence is known (DATA holds complete cases, or --truth does), each card also shows the
     truth, the difference map and PSNR/MSE. One line per prediction: its status, and why when it
     failed or has no truth."""
+    from ..inference.provenance import read_record
     from ..qc.run import qc_folder
     from ..segmentation.spec import open_segmenter
 
@@ -283,6 +288,7 @@ def qc(
             segmenter=None if segmenter is None else open_segmenter(segmenter),
             convention=convention,
             weights=weights,
+            read_record=read_record,
         )
     except CwdmError as exc:
         raise fail(exc) from exc

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ def qc_folder(
     segmenter: Segmenter | None = None,
     convention: str = "neurological",
     weights: str = "",
+    read_record: Callable[[Path], Mapping[str, Any] | None] | None = None,
 ) -> list[SheetEntry]:
     """Draw a preview of every prediction of ``pred_dir`` into ``qc_dir`` and write its contact sheet.
 
@@ -72,6 +74,9 @@ def qc_folder(
         segmenter: Outline the tumour it finds in the completed (and the real) case on the previews.
         convention: The previews' display convention (:data:`cwdm.qc.previews.CONVENTIONS`).
         weights: The weights that made the predictions, for the sheet's header (when known).
+        read_record: Reads the provenance record in a prediction's header (``None`` when it has none):
+            without ``weights``, the header names the checkpoints the previewed predictions record
+            (:func:`recorded_weights`).
 
     Returns:
         The sheet's entries, in case order, then predictions that match no case.
@@ -95,6 +100,7 @@ def qc_folder(
         if match and path.is_file() and not path.name.startswith("."):
             predictions.setdefault(match["case"], []).append((MRISequence(match["seq"]), path))
     entries: list[SheetEntry] = []
+    previewed: list[Path] = []
 
     def add(entry: SheetEntry) -> None:
         entries.append(entry)
@@ -108,7 +114,10 @@ def qc_folder(
             add(SheetEntry(case.case_id, None if target is None else str(target), "missing"))
         for target, path in found:
             truth = _truth_of(case, target, truth_dir)
-            add(_preview_entry(case, target, path, qc_dir, segmenter, convention, truth))
+            entry = _preview_entry(case, target, path, qc_dir, segmenter, convention, truth)
+            add(entry)
+            if entry.status == "previewed":
+                previewed.append(path)
     hint = (
         ""
         if truth_dir is not None
@@ -124,6 +133,9 @@ def qc_folder(
                     error=f"{path.name}: no case folder {case_id} in {data_dir}{hint}",
                 )
             )
+    if not weights and read_record is not None:
+        weights = recorded_weights([read_record(path) for path in previewed])
+        log.info("weights recorded in the predictions' headers: %s", weights)
     folders = f"predictions {pred_dir}; cases {data_dir}"
     write_sheet(
         qc_dir / SHEET_NAME,
@@ -134,6 +146,28 @@ def qc_folder(
         convention=convention,
     )
     return entries
+
+
+def recorded_weights(records: Sequence[Mapping[str, Any] | None]) -> str:
+    """The checkpoints that provenance records name, for a sheet's header: each distinct one as its file
+    name and the first 12 hex digits of its SHA-256 (``t1c.safetensors (sha256 cebc2b9bcf61)``), then how
+    many predictions carry no record; ``not recorded in the predictions`` when none does.
+
+    Args:
+        records: One per prediction: its record (:func:`cwdm.inference.provenance.read_record`), or None.
+    """
+    models = sorted(
+        {
+            (str(model.get("file") or "?"), str(model.get("sha256") or "")[:12])
+            for record in records
+            if record is not None and isinstance(model := record.get("model"), Mapping)
+        }
+    )
+    without = sum(record is None for record in records)
+    if not models:
+        return "not recorded in the predictions"
+    named = ", ".join(f"{name} (sha256 {digest})" if digest else name for name, digest in models)
+    return named + (f"; {without} prediction{'s' * (without != 1)} without a record" if without else "")
 
 
 @dataclass(frozen=True)
