@@ -21,7 +21,7 @@ from .logs import setup_logging
 log = logging.getLogger("cwdm")
 
 
-@app.command()
+@app.command(short_help="Score predictions against the complete cases.")
 def evaluate(
     pred_dir: Annotated[Path, typer.Argument(help="Predictions, <case>-<seq>.nii.gz (the output folder).")],
     truth_dir: Annotated[Path, typer.Argument(help="Complete cases, <case>/<case>-<seq>.nii.gz.")],
@@ -205,7 +205,7 @@ def _downstream_scorer(
     return DownstreamScorer(open_segmenter(segmenter), segmentations, truth_labels, extra)  # type: ignore[arg-type]
 
 
-@app.command("drop-sequence")
+@app.command("drop-sequence", short_help="Make a pseudo-validation folder, as the organisers do.")
 def drop_sequence(
     src: Annotated[Path, typer.Argument(help="Complete cases (read only).")],
     dst: Annotated[
@@ -232,7 +232,7 @@ def drop_sequence(
         typer.echo(f"skipped {path}: not a case folder or not a file")
 
 
-@app.command()
+@app.command(short_help="Previews and a contact sheet of predictions already written.")
 def qc(
     pred_dir: Annotated[Path, typer.Argument(help="Predictions, <case>-<seq>.nii.gz (any tool's).")],
     data_dir: Annotated[
