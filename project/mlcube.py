@@ -36,6 +36,7 @@ from cwdm.cli.infer import InferProgress, counts_line, run_and_report, summary_l
 from cwdm.cli.logs import setup_logging
 from cwdm.errors import CheckpointError, CwdmError
 from cwdm.inference.outputs import is_inside
+from cwdm.inference.report import check_report_path
 from cwdm.inference.split import resolve_part
 from cwdm.weights.folder import WeightsDir
 from cwdm.weights.shipped import DEFAULT_WEIGHTS_ENV
@@ -92,12 +93,8 @@ def choose_weights(given: Path | None) -> Path:
             "outside the image, --weights=weights/demo runs the repository's demo weights"
         )
     if given is not None:
-        log.warning(
-            "the weights folder %s holds no checkpoint: using the weights built into the image (%s=%s)",
-            given,
-            DEFAULT_WEIGHTS_ENV,
-            fallback,
-        )
+        source = f"{DEFAULT_WEIGHTS_ENV}={fallback}"
+        log.warning("%s holds no checkpoint: using the weights built into the image (%s)", given, source)
     return Path(fallback)
 
 
@@ -148,7 +145,6 @@ def run(
 ) -> int:
     """The inference of every way the image is called; returns the exit status."""
     from cwdm.config import load_run_parameters
-    from cwdm.inference.report import check_report_path
     from cwdm.inference.run import RunRequest
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -161,9 +157,8 @@ def run(
         return 2
     suffix = "" if part is None else f"-{part.suffix}"
     report_file = Path(report_path) if report_path else report_dir / f"cwdm-{stamp}-report{suffix}.json"
-    log_file = report_file.with_suffix(".log")
-    inside = is_inside(log_file.parent, out_dir)  # refused when the run is built; no log file there either
-    progress = InferProgress(setup_logging(log_file=None if inside else log_file))
+    log_file = None if is_inside(report_file.parent, out_dir) else report_file.with_suffix(".log")
+    progress = InferProgress(setup_logging(log_file=log_file))  # never in the output folder
     qc = qc_path or os.environ.get(QC_DIR_ENV)
     parameters = parameters_file or os.environ.get(PARAMETERS_ENV)
 
@@ -181,8 +176,8 @@ def run(
 
 
 @app.command("hotfix")
-def hotfix() -> None:
-    """No-op: keeps typer in multi-command mode (MLCube convention). Do not remove."""
+def hotfix() -> None:  # keeps typer in multi-command mode (the MLCube convention): do not remove
+    """No-op."""
 
 
 def main(argv: Sequence[str]) -> int:

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO / "tests" / "reference"
 EXAMPLES_DIR = REPO / "examples"
 
-#: The tiny configuration used throughout the suite (STYLE.md section 6).
+#: The tiny configuration used throughout the suite (docs/ARCHITECTURE.md, "Conventions").
 TINY = DenoiserConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=8)
 
 

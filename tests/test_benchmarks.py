@@ -1,5 +1,5 @@
 """benchmarks/run.py stays runnable: its CPU part at a tiny size, and the counted FLOPs of the published
-U-Net against REFERENCE.md section 4 (about 7.2 TFLOP for one full-resolution forward)."""
+U-Net against docs/PERFORMANCE.md, "Status" (about 7.2 TFLOP for one full-resolution forward)."""
 
 from __future__ import annotations
 

@@ -29,3 +29,21 @@ def test_impossible_draws_are_refused() -> None:
         draw_heldout(CANDIDATES, 14, 0, KEEP)
     with pytest.raises(ConfigError, match="exceed"):
         draw_heldout(CANDIDATES, 1, 0, KEEP)
+
+
+def test_the_command_draws_among_the_segmented_cases(tmp_path) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from cwdm.cli import app
+
+    from .segmentation.synthetic import write_case_folder
+
+    ids = [f"BraTS-GLI-0000{n}-000" for n in range(1, 7)]
+    for number, case_id in enumerate(ids):
+        write_case_folder(tmp_path / "cases", case_id, seed=number, shape=(16, 16, 8), with_seg=number != 5)
+    args = ["heldout", str(tmp_path / "cases"), "--count", "3", "--seed", "5", "--keep", ids[0]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    drawn = result.output.strip().split(",")
+    assert drawn == list(draw_heldout(ids[:5], 3, 5, [ids[0]]))  # the last case has no labels: no candidate
+    assert CliRunner().invoke(app, [*args[:3], "9"]).exit_code == 2  # more than there are

@@ -368,3 +368,66 @@ def test_report_json_goes_outside_the_output_folder(tmp_path: Path) -> None:
     assert _files(out) == ["BraTS-GLI-00001-000-t2f.nii.gz"]
     assert _files(path.parent) == ["run.json"]
     assert isinstance(report, RunReport)
+
+
+def test_a_rerun_with_nothing_to_do_loads_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cwdm.inference.run import RunRequest, run_request
+    from cwdm.weights.folder import WeightsDir
+
+    for number, missing in ((1, "t2f"), (2, "t1n")):
+        write_case(tmp_path / "data", f"BraTS-GLI-0000{number}-000", missing=missing, seed=number)
+    weights = write_tiny_weights(tmp_path / "weights")
+    request = RunRequest(tmp_path / "data", tmp_path / "out", weights, RunParameters(device="cpu"))
+    loaded: list[str] = []
+    real_load = WeightsDir.load
+
+    def load(self, target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loaded.append(str(target))
+        return real_load(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(WeightsDir, "load", load)
+    first = run_request(request).report
+    assert [r.status for r in first.cases] == ["written", "written"] and sorted(loaded) == ["t1n", "t2f"]
+    loaded.clear()
+    again = run_request(request).report
+    assert [r.status for r in again.cases] == ["skipped", "skipped"] and loaded == []
+    # Other settings: the outputs are mismatched, kept, and still nothing needs a model...
+    other = RunRequest(tmp_path / "data", tmp_path / "out", weights, RunParameters(device="cpu", seed=7))
+    assert [r.status for r in run_request(other).report.cases] == [
+        "mismatched",
+        "mismatched",
+    ] and loaded == []
+    # ... until they are to be redone: then only the target of the case that changed is loaded.
+    (tmp_path / "out" / "BraTS-GLI-00001-000-t2f.nii.gz").unlink()
+    assert [r.status for r in run_request(other).report.cases] == ["written", "mismatched"] and loaded == [
+        "t2f"
+    ]
+
+
+def test_model_yaml_gives_a_target_its_own_defaults_and_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    from cwdm.inference import provenance
+
+    weights = write_tiny_weights(tmp_path / "weights")
+    spec = yaml.safe_load((weights / "model.yaml").read_text())
+    spec["targets"] = {"t1c": {"sampling_steps": 3, "downstream_warning": "segments worse than a copy"}}
+    (weights / "model.yaml").write_text(yaml.safe_dump(spec))
+    for number, missing in ((1, "t1c"), (2, "t1c"), (3, "t2f")):
+        write_case(tmp_path / "data", f"BraTS-GLI-0000{number}-000", missing=missing, seed=number)
+    cases = discover_cases(tmp_path / "data")
+    synth = Synthesizer.from_weights(weights, RunParameters(device="cpu"), needed_targets(cases))
+    with caplog.at_level(logging.WARNING, logger="cwdm"):
+        report = synth.run(cases, tmp_path / "out")
+    assert [r.status for r in report.cases] == ["written"] * 3
+    steps = {r.case_id: provenance.read_record(r.output)["settings"]["sampling_steps"] for r in report.cases}
+    assert steps == {"BraTS-GLI-00001-000": 3, "BraTS-GLI-00002-000": 3, "BraTS-GLI-00003-000": 2}
+    assert caplog.text.count("segments worse than a copy") == 1  # once per run, not per case
+    assert report.to_dict()["target_settings"]["t1c"]["sampling_steps"] == 3
+    again = synth.run(cases, tmp_path / "out")  # each target's outputs judged by its own settings
+    assert [r.status for r in again.cases] == ["skipped"] * 3
+    # An option given on the command line wins over the target's default.
+    forced = Synthesizer.from_weights(weights, RunParameters(device="cpu", sampling_steps=3), ["t1c", "t2f"])
+    assert forced.settings_for("t1c").sampling_steps == forced.settings_for("t2f").sampling_steps == 3

@@ -20,9 +20,10 @@ from cwdm.cases.preprocessing import normalise
 from cwdm.config import CommandSegmenterSpec, load_segmenter_spec
 from cwdm.errors import ConfigError
 from cwdm.evaluation.downstream import combined_scores
-from cwdm.evaluation.evaluate import columns, evaluate
+from cwdm.evaluation.evaluate import evaluate
 from cwdm.evaluation.labelwise import LABEL_COLUMNS
 from cwdm.evaluation.protocols import PROTOCOL_NAMES, PROTOCOLS, evaluate_protocol, get_protocol
+from cwdm.evaluation.results import columns
 from cwdm.segmentation.case import CompleteCase
 from tests.segmentation.synthetic import write_case_folder
 from tests.test_labelwise import brute_hd95

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 import cwdm.evaluation.sweep.analysis as sweep_analysis
 import cwdm.evaluation.sweep.report as sweep_report
 import cwdm.evaluation.sweep.run as sweep_run
+import cwdm.inference.run as front_door
 from cwdm.cli import app
 from cwdm.config import SweepSetting, expand_sweep_grid
 from cwdm.errors import ConfigError
 from cwdm.evaluation.sweep import SettingSummary, SweepRow, recommend, summarise
 from cwdm.evaluation.timing import Timing
-from cwdm.inference.synthesizer import Synthesizer
 
 from .conftest import AFFINE, write_case, write_tiny_weights
 
@@ -88,22 +88,22 @@ def test_an_interrupted_sweep_goes_on_where_it_stopped(
 
     grid.write_text(yaml.safe_dump(GRID))
     out = tmp_path / "sweep"
-    real_run = Synthesizer.run
+    real_run = front_door.run_cases
     calls = {"n": 0}
 
-    def run_then_stop(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def run_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 6:  # the sixth synthesis is cut short by Ctrl-C
             signal.raise_signal(signal.SIGINT)
-        return real_run(self, *args, **kwargs)
+        return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(Synthesizer, "run", run_then_stop)
+    monkeypatch.setattr(front_door, "run_cases", run_then_stop)
     result = CliRunner().invoke(app, _command(cases, weights, out, grid))
     assert result.exit_code == 130, result.output
     first = list(csv.DictReader((out / "sweep.csv").open()))
     assert 1 <= len(first) <= 5  # what was scored before the stop is kept
 
-    monkeypatch.setattr(Synthesizer, "run", real_run)
+    monkeypatch.setattr(front_door, "run_cases", real_run)
     result = CliRunner().invoke(app, _command(cases, weights, out, grid))
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "sweep.csv").open()))
@@ -243,12 +243,12 @@ def test_by_default_no_scoring_runs_while_a_synthesis_is_timed(
     grid = tmp_path / "grid.yaml"
     grid.write_text("- {sampler: ddim, timestep_spacing: trailing, sampling_steps: [1, 2]}\n")
     events: list[str] = []
-    real_run, real_score = Synthesizer.run, sweep_run._score
+    real_run, real_score = front_door.run_cases, sweep_run._score
 
-    def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
         events.append("synthesis start")
         try:
-            return real_run(self, *args, **kwargs)
+            return real_run(*args, **kwargs)
         finally:
             events.append("synthesis end")
 
@@ -262,7 +262,7 @@ def test_by_default_no_scoring_runs_while_a_synthesis_is_timed(
     def no_pool(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the default must not start a scoring pool")
 
-    monkeypatch.setattr(Synthesizer, "run", run)
+    monkeypatch.setattr(front_door, "run_cases", run)
     monkeypatch.setattr(sweep_run, "_score", score)
     monkeypatch.setattr(sweep_run, "ProcessPoolExecutor", no_pool)
     command = [c for c in _command(cases, weights, tmp_path / "sweep", grid) if c not in ("--workers", "1")]

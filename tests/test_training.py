@@ -88,7 +88,8 @@ def test_training_batch_follows_the_published_objective(target):
     x_in, t, x0 = training_batch(volumes, MRISequence(target), schedule, torch.Generator().manual_seed(3))
 
     order = list(MRISequence)
-    # The documented draw order: timestep indices first, then image-space noise (REFERENCE.md section 5).
+    # The documented draw order: timestep indices first, then image-space noise (cwdm/training/trainer.py;
+    # docs/METHOD.md, "Training objective").
     gen = torch.Generator().manual_seed(3)
     t_index = torch.randint(1000, (2,), generator=gen)
     noise = torch.randn(2, 1, 8, 8, 8, generator=gen)

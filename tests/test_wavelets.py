@@ -10,7 +10,7 @@ import torch
 from cwdm import ShapeError, build_condition, decode, dwt3d, encode, idwt3d
 from cwdm.method.wavelets import clip_coeffs
 
-# PyWavelets' key for each band, in the published order (REFERENCE.md section 2).
+# PyWavelets' key for each band, in the published order (docs/METHOD.md, "Wavelets").
 PYWT_KEYS = ["aaa", "aad", "ada", "add", "daa", "dad", "dda", "ddd"]
 
 

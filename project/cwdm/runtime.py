@@ -17,7 +17,7 @@ This is the only module of the package that asks whether CUDA exists. Resolution
   :attr:`Runtime.notes`: a parameters.yaml written for one machine must still run on another, and fp32
   is the reference.
 - Autocast covers only the network call; GroupNorm computes in float32 inside the network, and the
-  sampler state stays float32 (STYLE.md section 4).
+  sampler state stays float32 (docs/ARCHITECTURE.md, "Conventions").
 
 Process-wide settings are made in one place, :func:`configure_process`, which the entry points call
 (``cwdm infer``, ``cwdm train``, the MLCube entry point, the benchmarks), never a library call: cuDNN

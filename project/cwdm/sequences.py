@@ -6,7 +6,7 @@ from enum import Enum
 
 
 class MRISequence(str, Enum):
-    """A BraTS MR sequence, named by its file-name tag (REFERENCE.md section 7).
+    """A BraTS MR sequence, named by its file-name tag (docs/METHOD.md, "Cases and file names").
 
     A ``str`` subclass whose ``str()`` is the tag (``enum.StrEnum`` would do, but needs Python 3.11 and
     the image supports any base with Python 3.10 or newer).
@@ -24,7 +24,7 @@ class MRISequence(str, Enum):
         return format(self.value, spec)
 
 
-#: The canonical order t1n, t1c, t2w, t2f; conditions are stacked in this order (REFERENCE.md section 3).
+#: The canonical order t1n, t1c, t2w, t2f, in which conditions are stacked (docs/METHOD.md, "Conditioning").
 CANONICAL_ORDER: tuple[MRISequence, ...] = tuple(MRISequence)
 
 

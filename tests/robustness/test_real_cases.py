@@ -1,5 +1,5 @@
 """Bad inputs among the real BraTS sample cases (examples/pseudo_validation, copied): a truncated
-volume and a sequence on another grid (240 x 240 x 154, the STYLE.md example) fail their cases with
+volume and a sequence on another grid (240 x 240 x 154, one slice short) fail their cases with
 errors naming case and file; the good real case is written byte for byte as in a clean run of it
 alone; the copied inputs are unchanged."""
 

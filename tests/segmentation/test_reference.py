@@ -150,3 +150,22 @@ def test_sequence_dropout_must_be_declared_by_the_spec() -> None:
         SegmenterTrainingConfig(spec=TINY_SPEC, sequence_dropout=0.4)
     with pytest.raises(ConfigError, match="sequence_dropout"):
         SegmenterTrainingConfig(spec=TINY_SPEC.model_copy(update={"accepts_absent_sequence": True}))
+
+
+def test_the_command_trains_with_held_out_cases_and_sequence_dropout(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cwdm.cli import app
+
+    data = tmp_path / "train"
+    for index in range(3):
+        write_case_folder(data, f"BraTS-GLI-{index:05d}-000", seed=index, shape=(32, 32, 16))
+    args = ["segmenter", "train", str(data), str(tmp_path / "run"), "--iterations", "1", "--crop", "16,16,16"]
+    args += ["--init-filters", "8", "--exclude", "BraTS-GLI-00002-000", "--sequence-dropout", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "segmenter: step 1 of 1 (done)" in result.output
+    written = (tmp_path / "run" / "weights" / "segmenter.yaml").read_text()
+    assert "accepts_absent_sequence: true" in written
+    checkpoint = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.pt")), weights_only=True)
+    assert checkpoint["config"]["exclude"] == ["BraTS-GLI-00002-000"]

@@ -1,5 +1,5 @@
 """Case discovery: every sub-folder of the data folder is a case; find its sequences and the one
-that is missing (REFERENCE.md section 7).
+that is missing (docs/METHOD.md, "Cases and file names").
 
 A case folder ``BraTS-GLI-01666-000`` holds ``BraTS-GLI-01666-000-<seq>.nii.gz`` (or ``.nii``) for three
 of the four sequences. Other entries (a ``-seg`` file, hidden files, notes, sub-folders) are ignored.

@@ -1,8 +1,8 @@
 """The training preprocessing, the network crop/pad and its inverse, and the published post-processing
 variants: what happens to a case's values between reading and writing.
 
-Preprocessing reproduces the published data loader (REFERENCE.md section 1): each volume clipped to the
-0.1 and 99.9 percentiles of the whole volume (background included) and min-max scaled to [0, 1]. On the
+Preprocessing reproduces the published data loader (docs/METHOD.md, "Preprocessing"): each volume clipped
+to the 0.1 and 99.9 percentiles of the whole volume (background included) and min-max scaled to [0, 1]. On the
 BraTS grid (240 x 240 x 155) the network sees the published 224 x 224 x 160 layout: 8 voxels cropped from
 each side of the two 240 axes, the last axis zero-padded after index 154. Other grids are zero-padded
 after each axis to the next size the network accepts, so nothing is cropped from them (docs/USAGE.md, "Running
@@ -17,11 +17,11 @@ import numpy as np
 
 #: Percentiles of the published intensity clip (as fractions for ``np.quantile``).
 CLIP_QUANTILES = (0.001, 0.999)
-#: The BraTS grid and the published crop of its 240-voxel axes (REFERENCE.md section 1).
+#: The BraTS grid and the published crop of its 240-voxel axes (docs/METHOD.md, "Preprocessing").
 BRATS_SHAPE = (240, 240, 155)
 _BRATS_CROPPED_SIZE = 240
 _BRATS_MARGIN = 8
-#: The challenge script's background threshold (REFERENCE.md section 6).
+#: The published challenge script's background threshold (docs/METHOD.md, "Post-processing").
 THRESHOLD = 0.04
 
 

@@ -2,7 +2,7 @@
 :mod:`cwdm.cases.preprocessing`'s).
 
 Values are read as float64 (nibabel ``get_fdata``, so scl_slope/inter apply), as the published data
-loader does (REFERENCE.md section 1).
+loader does (docs/METHOD.md, "Preprocessing").
 
 What :func:`read_volume` accepts (docs/USAGE.md, "Bad inputs and faults"): NIfTI-1 or NIfTI-2, gzipped or
 not, any real data type (integers, floats) with the header's scl_slope/scl_inter applied, 3D or 4D/5D

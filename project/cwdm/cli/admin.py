@@ -96,3 +96,33 @@ def report_merge(
         if case["status"] not in ("written", "skipped", "ignored"):
             typer.echo(f"{case['case_id']} {case['status']}: {case.get('error') or ''}")
     raise typer.Exit(merged.exit_code)
+
+
+@app.command("heldout", short_help="Draw the held-out cases of a training, reproducibly.")
+def heldout(
+    data: Annotated[
+        Path, typer.Argument(help="Folder of complete cases (those with a -seg file are candidates).")
+    ],
+    count: Annotated[
+        int, typer.Option(min=1, help="How many cases to hold out, the kept ones included.")
+    ] = 8,
+    seed: Annotated[int, typer.Option(help="The draw's seed: write it down beside the set.")] = 20261207,
+    keep: Annotated[str, typer.Option(help="Comma list of case ids held out whatever the draw.")] = "",
+    among: Annotated[
+        str, typer.Option(help="Draw only among these case ids (comma list; default: every candidate).")
+    ] = "",
+) -> None:
+    """Draw the held-out cases of a training, reproducibly: prints them as one comma list (for --exclude)."""
+    from ..cases.discovery import discover_cases
+    from ..cases.holdout import draw_heldout
+    from ..cases.reader import read_segmentation
+
+    try:
+        labelled = [case.case_id for case in discover_cases(data) if read_segmentation(case) is not None]
+        wanted = [item.strip() for item in among.split(",") if item.strip()]
+        candidates = [case_id for case_id in labelled if not wanted or case_id in wanted]
+        kept = [item.strip() for item in keep.split(",") if item.strip()]
+        drawn = draw_heldout(candidates, count, seed, kept)
+    except CwdmError as exc:
+        raise fail(exc) from exc
+    typer.echo(",".join(drawn))

@@ -14,7 +14,7 @@ from ..choices import LabelConventionName, ProtocolName
 from ..errors import CwdmError
 
 if TYPE_CHECKING:
-    from ..evaluation.evaluate import PredictionOutcome
+    from ..evaluation.results import PredictionOutcome
 from .app import Verbose, app, fail
 from .logs import setup_logging
 
@@ -133,6 +133,7 @@ def evaluate(
         typer.secho(f"not scored: {failure.message}", err=True, fg=typer.colors.RED)
     if evaluation.scores:
         typer.echo(result.summary_table())
+        _echo_verdicts(evaluation)
     elif evaluation.no_truth:
         typer.secho(
             f"nothing scored: no prediction has its ground truth in {truth_dir}",
@@ -145,6 +146,22 @@ def evaluate(
     if csv is not None:
         typer.echo(f"csv: {result.write_csv(csv)}")
     raise typer.Exit(result.exit_code)
+
+
+def _echo_verdicts(evaluation) -> None:  # noqa: ANN001 (an Evaluation, imported lazily)
+    """With a segmenter and the baselines: per target, does the synthesis earn its place?"""
+    from ..evaluation.verdict import verdict_table, verdicts
+
+    rows = [
+        {"case": s.case_id, "target": s.target, "source": s.source, **s.values()} for s in evaluation.scores
+    ]
+    found = verdicts(rows)
+    if found and any(v.best_copy for v in found):
+        typer.echo(
+            "\nShould the missing sequence be synthesised? Dice of the completed case, mean [bootstrap 95 % "
+            "interval] over cases:\n"
+        )
+        typer.echo(verdict_table(found))
 
 
 def _evaluate_protocol(

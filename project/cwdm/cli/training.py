@@ -91,6 +91,25 @@ def train(
             "e.g. to fine-tune crop-trained weights on whole volumes; ignored when resuming."
         ),
     ] = None,
+    exclude: Annotated[
+        str, typer.Option(help="Comma list of case ids to hold out of training (see cwdm heldout).")
+    ] = "",
+    tumour_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Weigh the error inside the tumour 1 + this (needs -seg files; 0: published)."
+        ),
+    ] = 0.0,
+    segmentation_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Add this times the segmentation-consistency term through --segmenter (0: none)."
+        ),
+    ] = 0.0,
+    segmenter: Annotated[
+        str | None,
+        typer.Option(help="The frozen reference segmenter of that term: 'builtin' or a segmenter folder."),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Train denoisers, one target after another on one copy of the data; multi-GPU with
@@ -133,6 +152,9 @@ def train(
                 log_every=log_every,
                 seed=seed,
                 precision=precision,
+                tumour_weight=tumour_weight,
+                segmentation_weight=segmentation_weight,
+                segmenter=segmenter,
             )
             for name in targets_of(target)
         ]
@@ -151,6 +173,7 @@ def train(
                 max_seconds=max_seconds,
                 on_log=report,
                 should_stop=stop.is_set,
+                exclude=tuple(item.strip() for item in exclude.split(",") if item.strip()),
             )
     except CwdmError as exc:
         raise fail(exc) from exc

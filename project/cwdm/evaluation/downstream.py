@@ -7,7 +7,9 @@ copy baseline (a present sequence's file put in the missing slot, the challenge'
 volume is compared with the case's ``-seg`` in the canonical labels (:mod:`cwdm.segmentation.labels`)
 and, with a segmentations folder, written there in the ground truth's own convention, so that a reader
 can recompute every Dice: ``<case>-<target>.nii.gz`` (completed with the synthesis),
-``<case>-real.nii.gz`` and ``<case>-<target>-copy-<seq>.nii.gz``.
+``<case>-real.nii.gz``, ``<case>-<target>-copy-<seq>.nii.gz`` and, where the segmenter segments a case
+with a sequence absent, ``<case>-<target>-missing.nii.gz`` (the sequence left out: the skip-synthesis
+baseline, which says whether synthesising is worth it at all).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..atomic import write_atomic
 from ..cases.discovery import Case
 from ..cases.reader import read_case_file
 from ..errors import CaseError, ConfigError
-from ..segmentation.case import CompleteCase, Segmenter
+from ..segmentation.case import CompleteCase, Segmenter, can_segment_missing
 from ..segmentation.labels import (
     ConventionName,
     LabelError,
@@ -108,6 +110,7 @@ class DownstreamScorer:
         self.extra = extra
         self._truths: dict[str, _Truth] = {}
         self._baselines: dict[str, DownstreamScores] = {}
+        self._said_no_missing = False
 
     def check_output_folder(self, prediction_dir: Path) -> None:
         """Refuse a segmentations folder inside (or around) the prediction folder: the organisers'
@@ -163,6 +166,24 @@ class DownstreamScorer:
             self._baselines[key] = self._score(truth_case, case, key)
         return self._baselines[key]
 
+    def missing(self, truth_case: Case, target: MRISequence) -> DownstreamScores | None:
+        """The case with ``target`` left out, not synthesised (the skip-synthesis baseline; segmented once
+        per pair); ``None`` when the segmenter cannot segment an incomplete case (said once in the log)."""
+        if not can_segment_missing(self.segmenter):
+            if not self._said_no_missing:
+                log.info(
+                    "segmenter %s segments complete cases only: no skip-synthesis (missing) baseline",
+                    self.segmenter.name,
+                )
+                self._said_no_missing = True
+            return None
+        key = f"{truth_case.case_id}-{target}-missing"
+        if key not in self._baselines:
+            case = self._complete(truth_case)
+            segment = self.segmenter.segment_missing  # type: ignore[attr-defined]
+            self._baselines[key] = self._score(truth_case, case, key, labels=segment(case, target))
+        return self._baselines[key]
+
     # -- helpers ------------------------------------------------------------------------------------
     def _complete(self, truth_case: Case) -> CompleteCase:
         return CompleteCase(truth_case.case_id, truth_case.files)
@@ -188,9 +209,12 @@ class DownstreamScorer:
             self._truths[case.case_id] = _Truth(labels, convention, volume.header, volume.affine)
         return self._truths[case.case_id]
 
-    def _score(self, truth_case: Case, case: CompleteCase, name: str) -> DownstreamScores:
+    def _score(
+        self, truth_case: Case, case: CompleteCase, name: str, labels: np.ndarray | None = None
+    ) -> DownstreamScores:
         truth = self._truth(truth_case)
-        labels = self.segmenter.segment(case)
+        if labels is None:
+            labels = self.segmenter.segment(case)
         if labels.shape != truth.labels.shape:
             raise CaseError(
                 case.case_id,

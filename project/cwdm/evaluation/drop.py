@@ -1,7 +1,7 @@
 """Pseudo-validation folders: drop one sequence per case exactly as the organisers' script does.
 
-The organisers' assignment (REFERENCE.md section 7): sort the case folder names, seed NumPy's legacy
-generator with 123456, draw ``randint(0, 4, size=n_cases)`` and index ``['t1c', 't1n', 't2f', 't2w']``
+The organisers' assignment (docs/METHOD.md, "Pseudo-validation"): sort the case folder names, seed NumPy's
+legacy generator with 123456, draw ``randint(0, 4, size=n_cases)`` and index ``['t1c', 't1n', 't2f', 't2w']``
 (not the canonical order). Every file of a case whose name does not contain the dropped tag is copied.
 We draw from a private ``np.random.RandomState(123456)``, which yields the same numbers as seeding the
 global legacy generator, without touching the global state.

@@ -5,7 +5,7 @@ evaluation CSV that hold them), which SSIM that was, which segmenter the organis
 cases (named only: the user supplies it through ``--segmenter``, nothing is downloaded here), which
 segmentation metrics they computed, and what of it cannot be reproduced offline. :func:`evaluate_protocol`
 scores a folder of predictions the way a preset says and returns a :class:`ProtocolEvaluation`: the
-usual :class:`~cwdm.evaluation.evaluate.Evaluation` (CSV, summary) with the year's own columns added
+usual :class:`~cwdm.evaluation.results.Evaluation` (CSV, summary) with the year's own columns added
 (per-label Dice and HD95 for 2025, :mod:`cwdm.evaluation.labelwise`) and a block that reads the year's
 numbers out, with the segmenter actually used and the notes.
 
@@ -40,9 +40,10 @@ from ..errors import ConfigError
 from ..segmentation.case import Segmenter
 from ..segmentation.labels import DICE_COLUMNS, ConventionName
 from .downstream import DownstreamScorer, ExtraScores, combined_scores
-from .evaluate import BRASYN_COLUMNS, COLUMN_TITLES, Evaluation, PredictionOutcome, evaluate
+from .evaluate import evaluate
 from .labelwise import LABEL_COLUMNS, LABEL_TITLES, LabelScores
 from .lesionwise import LESION_DICE_COLUMNS
+from .results import BRASYN_COLUMNS, COLUMN_TITLES, Evaluation, PredictionOutcome
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ Before (docs/USAGE.md, "Running inference"): read the three present sequences in
 through :func:`cwdm.cases.reader.read_sequences` (one grid, or a :class:`cwdm.errors.GeometryError`), clip
 and scale each as in training (:func:`cwdm.cases.preprocessing.normalise`) and lay it out for the network
 (:class:`cwdm.cases.preprocessing.NetworkLayout`). After: refuse non-finite values, post-process (brain
-mask by default, or the challenge container's threshold; REFERENCE.md section 6), put the volume back on
-the input grid and write ``<case>-<target>.nii.gz`` (float32, header of the first condition sequence)
-atomically. The output's name is :meth:`cwdm.cases.discovery.Case.output_name`.
+mask by default, or the challenge container's threshold; docs/METHOD.md, "Post-processing"), put the
+volume back on the input grid and write ``<case>-<target>.nii.gz`` (float32, header of the first condition
+sequence) atomically. The output's name is :meth:`cwdm.cases.discovery.Case.output_name`.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class CaseSynthesizer(DrawSampler, Protocol):
     checkpoints: Mapping[MRISequence, Path]
     multiple: int
 
-    def output_record(self) -> dict[str, Any]: ...
+    def output_record(self, target: MRISequence | None = None) -> dict[str, Any]: ...
 
 
 def process_batches(
@@ -155,7 +155,6 @@ class _Writer:
     def __init__(self, synth: CaseSynthesizer, out_dir: Path, qc_dir: Path | None) -> None:
         self.synth = synth
         self.qc_dir = qc_dir
-        self.settings_record = synth.output_record()
         self.digests = provenance.DigestCache()
 
     def __call__(self, item: PreparedCase, volumes: np.ndarray, network_s: float) -> list[CaseResult]:
@@ -163,9 +162,8 @@ class _Writer:
         with isolated([item.case], item.target, results.append):
             checkpoint = self.synth.checkpoints.get(item.target)
             try:
-                record = provenance.case_record(
-                    item.case, item.target, self.settings_record, checkpoint, self.digests
-                )
+                settings = self.synth.output_record(item.target)
+                record = provenance.case_record(item.case, item.target, settings, checkpoint, self.digests)
             except OSError as exc:
                 raise CaseError(item.case.case_id, f"cannot hash an input for provenance ({exc})") from exc
             result = write_prediction(

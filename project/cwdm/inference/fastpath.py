@@ -4,7 +4,7 @@ What it does (docs/USAGE.md, "Speed"; measurements in docs/PERFORMANCE.md):
 
 - Always: ``torch.inference_mode()`` around the call, parameters frozen (``requires_grad`` off), the
   output returned as a contiguous float32 tensor, so the sampler state stays float32 whatever the network
-  computes in (STYLE.md section 4).
+  computes in (docs/ARCHITECTURE.md, "Conventions").
 - Autocast in the runtime's precision (bf16 or fp16 on a GPU; bf16 on a CPU with native bf16 when asked
   for, :func:`cwdm.runtime.resolve_precision`) around the network call only; GroupNorm still computes
   in float32 inside the network, as published (``GroupNorm32``).
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..config import CompileMode
+from ..choices import CompileMode
 from ..errors import CwdmError
 from ..runtime import Runtime, autocast
 
@@ -196,22 +196,23 @@ class FastDenoiser:
         # into CUDA graphs (the PyTorch CUDA-graph notes ask for cache_enabled=False).
         return autocast(self.runtime.device, self.runtime.precision, cache_enabled=False)
 
-    def _forward(self, network: Network, x: Tensor, t: Tensor) -> Tensor:
+    def _run(self, x: Tensor, t: Tensor) -> Tensor:
+        """The network (compiled when it is, falling back to eager for good if that fails), in the
+        layout and under the autocast of the fast path."""
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        with self._autocast():
-            return network(x, t)
-
-    def _run(self, x: Tensor, t: Tensor) -> Tensor:
-        """The compiled network when there is one, falling back to eager for good if it fails."""
-        if self._compiled is None:
-            return self._forward(self.module, x, t)
+        network = self._compiled or self.module
         try:
-            return self._forward(self._compiled, x, t)
+            with self._autocast():
+                return network(x, t)
         except (CwdmError, torch.OutOfMemoryError):
             raise  # bad input or out of memory: the same in eager mode; the caller decides
-        except Exception as exc:  # compilation failed: the eager network is the reference anyway
-            out = self._forward(self.module, x, t)  # raises if the eager network fails too
+        except Exception as exc:
+            if network is self.module:
+                raise
+            # Compilation failed: the eager network is the reference anyway (and raises if it fails too).
+            with self._autocast():
+                out = self.module(x, t)
             log.warning("torch.compile failed (%s: %s); running the network eagerly", type(exc).__name__, exc)
             self._compiled = None
             return out

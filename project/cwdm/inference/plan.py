@@ -43,7 +43,8 @@ class ExistingOutputs:
     """Judges a complete output already in the output folder against this run.
 
     Args:
-        settings: The run's :meth:`cwdm.config.SamplingSettings.output_record`.
+        settings: A target's settings as its outputs record them
+            (:meth:`cwdm.config.SamplingSettings.output_record`).
         model_sha256: The SHA-256 of the checkpoint serving a target (``None``: not known).
         digests: The run's file-hash cache (inputs are hashed once).
         overwrite: Redo mismatched outputs instead of keeping them.
@@ -51,7 +52,7 @@ class ExistingOutputs:
 
     def __init__(
         self,
-        settings: Mapping[str, Any],
+        settings: Callable[[MRISequence], Mapping[str, Any]],
         model_sha256: Callable[[MRISequence], str | None],
         digests: provenance.DigestCache,
         overwrite: bool = False,
@@ -69,7 +70,9 @@ class ExistingOutputs:
         """
         recorded = provenance.read_record(output)
         try:
-            mismatch = provenance.settings_mismatch(recorded, self.settings, self.model_sha256(target))
+            mismatch = provenance.settings_mismatch(
+                recorded, self.settings(target), self.model_sha256(target)
+            )
             mismatch += provenance.source_mismatch(recorded, case, target, self.digests)
         except OSError as exc:
             raise CaseError(
@@ -183,3 +186,23 @@ def _plan_one(
             output,
         )
     return Planned(case, target, output)
+
+
+def unfinished_cases(cases: Sequence[Case], out_dir: Path, existing: ExistingOutputs) -> list[Case]:
+    """The cases whose output a run would still make: a quick look before any model is loaded, so that a
+    rerun with nothing to do loads none (the plan proper, with claims, comes when the run starts).
+
+    Cases that cannot be planned are kept: the run reports them.
+    """
+    left = []
+    for case in cases:
+        try:
+            target = case.target()
+            output = Path(out_dir) / case.output_name(target)
+            reference = case.files[condition_order(target)[0]]
+            if output_complete(output, reference) and existing.verdict(case, target, output) is not None:
+                continue
+        except Exception:  # noqa: BLE001 - the run itself reports whatever is wrong with the case
+            pass
+        left.append(case)
+    return left

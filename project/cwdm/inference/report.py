@@ -150,6 +150,8 @@ class RunReport:
         cases_total: With ``part``: the cases in the whole folder (this part has ``len(cases)``).
         process: This process (``host:pid``), as claims and ``writer`` name it.
         taken_over: Claims this run took over from dead processes: ``output name -> old holder``.
+        target_settings: The settings of the targets whose ``model.yaml`` defaults differ from
+            ``settings`` (``targets:``).
     """
 
     cases: tuple[CaseResult, ...]
@@ -165,6 +167,7 @@ class RunReport:
     cases_total: int | None = None
     process: str | None = None
     taken_over: Mapping[str, str] = field(default_factory=dict)
+    target_settings: Mapping[MRISequence, SamplingSettings] = field(default_factory=dict)
 
     def count(self, status: CaseStatus) -> int:
         return sum(result.status == status for result in self.cases)
@@ -202,6 +205,7 @@ class RunReport:
             "precision": self.runtime.precision,
             "runtime_notes": list(self.runtime.notes),
             "settings": asdict(self.settings),
+            "target_settings": {str(t): asdict(s) for t, s in self.target_settings.items()},
             "models": {str(seq): str(path) for seq, path in self.models.items()},
             "unavailable_models": {str(seq): reason for seq, reason in self.unavailable.items()},
             "part": None if self.part is None else self.part.to_record() | {"cases_total": self.cases_total},

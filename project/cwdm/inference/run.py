@@ -18,13 +18,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..cases.discovery import Case, discover_cases, needed_targets
-from ..config import RunParameters
+from ..config import RunParameters, SamplingSettings
 from ..errors import Interrupted
 from ..qc.sheet import SHEET_NAME, SheetEntry, write_sheet
+from ..runtime import resolve_runtime
+from ..sequences import MRISequence
+from ..weights.folder import WeightsDir
+from . import provenance
 from .casework import preview_name
 from .execution import BatchStepCallback
 from .outputs import check_output_folder
+from .plan import ExistingOutputs, unfinished_cases
 from .report import CaseCallback, RunReport, check_report_path, save_report
+from .runner import run_cases
 from .split import SPLIT_RULE, WorkPart
 from .synthesizer import Synthesizer
 
@@ -121,19 +127,15 @@ def run_request(
     if request.case_ids is not None:
         cases = [case for case in cases if case.case_id in request.case_ids]
     synth = synthesizer or Synthesizer.from_weights(
-        request.weights_dir, request.params, needed_targets(cases)
+        request.weights_dir, request.params, _targets_to_load(request, cases)
     )
     if on_ready is not None:
         on_ready(synth, cases)
     try:
-        report = synth.run(
-            cases,
-            request.out_dir,
-            qc_dir=request.qc_dir,
-            on_case=on_case,
-            on_step=on_step,
-            overwrite=request.overwrite,
+        options = synth.run_options(
+            qc_dir=request.qc_dir, overwrite=request.overwrite, on_case=on_case, on_step=on_step
         )
+        report = run_cases(synth, cases, request.out_dir, options)
     except Interrupted as exc:
         if exc.report is None:
             raise
@@ -144,6 +146,26 @@ def run_request(
         _save_sheet(report, Path(request.qc_dir))
     saved = None if request.report_path is None else save_report(report, request.report_path)
     return FolderRun(report, saved)
+
+
+def _targets_to_load(request: RunRequest, cases: Sequence[Case]) -> list[MRISequence]:
+    """The targets of the cases that still need a synthesis: a rerun whose outputs are all there (and made
+    with this run's settings, model and inputs) loads no model at all."""
+    weights = WeightsDir.open(Path(request.weights_dir))
+    precision = resolve_runtime(request.params.device, request.params.precision).precision
+
+    def settings(target: MRISequence) -> dict[str, object]:
+        own = SamplingSettings.resolve(request.params, weights.spec, weights.spec_path, str(target))
+        return own.output_record(precision)
+
+    digests = provenance.DigestCache()
+
+    def model_sha256(target: MRISequence) -> str | None:
+        path = weights.checkpoints.get(target)
+        return digests(path) if path is not None else None
+
+    existing = ExistingOutputs(settings, model_sha256, digests, request.overwrite)
+    return needed_targets(unfinished_cases(cases, request.out_dir, existing))
 
 
 def run_folder(

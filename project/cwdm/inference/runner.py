@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 
 from ..cases.discovery import Case
+from ..config import SamplingSettings
 from ..errors import Interrupted
 from ..runtime import Runtime
 from ..sequences import CANONICAL_ORDER, MRISequence
@@ -41,6 +42,8 @@ class RunSynthesizer(CaseSynthesizer, Protocol):
 
     runtime: Runtime
     unavailable: Mapping[MRISequence, str]
+    target_warnings: Mapping[MRISequence, str]
+    target_settings: Mapping[MRISequence, SamplingSettings]
 
     @property
     def targets(self) -> tuple[MRISequence, ...]: ...
@@ -124,14 +127,27 @@ def run_cases(synth: RunSynthesizer, cases: Sequence[Case], out_dir: Path, optio
                     output.name: holder.label if holder else "an unreadable claim"
                     for output, holder in claims.taken_over
                 },
+                target_settings=synth.target_settings,
             )
 
         try:
             planned = plan_cases(cases, out_dir, claims, _judge(synth, options.overwrite), record)
             claimed.update((item.case.case_id, item.output) for item in planned)
             batches = _batches(synth, planned, record)
+            for target in dict.fromkeys(target for target, _ in batches):
+                if target in synth.target_warnings:  # once per run, before the cases it concerns
+                    log.warning("%s: %s", target, synth.target_warnings[target])
             if options.flow.sharded and batches:
-                workers.run_sharded(options.worker_factory, batches, out_dir, record, options)
+                flow = options.flow
+                workers.run_sharded(
+                    options.worker_factory,
+                    batches,
+                    out_dir,
+                    record,
+                    flow.devices,
+                    options.qc_dir,
+                    options.on_step,
+                )
             else:
                 process_batches(
                     synth, batches, out_dir, record, options.flow, options.qc_dir, options.on_step
@@ -160,7 +176,7 @@ def _judge(synth: RunSynthesizer, overwrite: bool) -> ExistingOutputs:
         checkpoint = synth.checkpoints.get(target)
         return digests(checkpoint) if checkpoint is not None else None
 
-    return ExistingOutputs(synth.output_record(), model_sha256, digests, overwrite)
+    return ExistingOutputs(synth.output_record, model_sha256, digests, overwrite)
 
 
 def _batches(synth: RunSynthesizer, planned: Sequence[Planned], record: CaseCallback) -> list[Batch]:

@@ -14,7 +14,7 @@ import copy
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,10 @@ class Synthesizer:
         throughput: How :meth:`run` moves cases (default: sequential, in this process).
         worker_factory: Builds the synthesizer of a worker device, for a ``throughput`` over several
             devices (must be picklable; default: copies of ``models``).
+        target_settings: The settings of a target whose ``model.yaml`` defaults differ from the file's
+            own (``targets:``); the others use ``settings``.
+        target_warnings: What ``model.yaml`` says users of a target's synthesis must know (logged once
+            per run that synthesises it).
     """
 
     def __init__(
@@ -123,6 +127,8 @@ class Synthesizer:
         fast_path: FastPathOptions | None = None,
         throughput: Throughput | None = None,
         worker_factory: Callable[[torch.device], Synthesizer] | None = None,
+        target_settings: Mapping[MRISequence, SamplingSettings] | None = None,
+        target_warnings: Mapping[MRISequence, str] | None = None,
     ) -> None:
         sizes = {model.config.size_multiple for model in models.values()}
         if len(sizes) > 1:
@@ -136,6 +142,10 @@ class Synthesizer:
         self.fast_path = fast_path or FastPathOptions.resolve(runtime.device)
         self.throughput = throughput or Throughput()
         self.worker_factory = worker_factory
+        self.target_settings = {
+            MRISequence(t): s for t, s in (target_settings or {}).items() if s != settings
+        }
+        self.target_warnings = {MRISequence(t): text for t, text in (target_warnings or {}).items()}
         #: The most draws sampled together; set after a batch ran out of device memory.
         self.draw_limit: int | None = None
         #: Image-space sizes must divide by this (the wavelet halves them, the U-Net then needs its multiple).
@@ -195,6 +205,15 @@ class Synthesizer:
         """
         weights = loaded.weights
         settings = SamplingSettings.resolve(params, weights.spec, weights.spec_path)
+        own = {
+            target: SamplingSettings.resolve(params, weights.spec, weights.spec_path, str(target))
+            for target in loaded.models
+        }
+        warnings = {
+            MRISequence(target): defaults.downstream_warning
+            for target, defaults in weights.spec.targets.items()
+            if defaults.downstream_warning
+        }
         runtime = resolve_runtime(params.device, params.precision)
         fast_path = FastPathOptions.resolve(
             runtime.device,
@@ -216,6 +235,8 @@ class Synthesizer:
             fast_path=fast_path,
             throughput=flow,
             worker_factory=worker_factory,
+            target_settings=own,
+            target_warnings=warnings,
         )
 
     # -- what the run asks of it -------------------------------------------------------------------
@@ -228,9 +249,14 @@ class Synthesizer:
     def device_label(self) -> str:
         return str(self.runtime.device)
 
-    def output_record(self) -> dict[str, object]:
-        """The settings that change the written voxels (:meth:`SamplingSettings.output_record`)."""
-        return self.settings.output_record(self.runtime.precision)
+    def settings_for(self, target: MRISequence | str | None) -> SamplingSettings:
+        """The sampling settings of ``target`` (``model.yaml`` may give a target its own defaults)."""
+        return self.target_settings.get(MRISequence(target), self.settings) if target else self.settings
+
+    def output_record(self, target: MRISequence | str | None = None) -> dict[str, object]:
+        """The settings of ``target``'s outputs that change the written voxels
+        (:meth:`SamplingSettings.output_record`)."""
+        return self.settings_for(target).output_record(self.runtime.precision)
 
     def release_cached_memory(self) -> None:
         self.runtime.release_cached_memory()
@@ -242,6 +268,7 @@ class Synthesizer:
         clamped). Each draw has its own generator (:func:`cwdm.runtime.sample_generator`), so its result
         depends on neither the batch nor the order."""
         device = self.runtime.device
+        settings = self.settings_for(target)
         ids = tuple(dict.fromkeys(draw.item.case.case_id for draw in draws))
         step_callback = None if on_step is None else (lambda done, total: on_step(ids, done, total))
         with torch.inference_mode():
@@ -249,15 +276,15 @@ class Synthesizer:
             coeffs = sample(
                 self._network(target),
                 cond,
-                steps=self.settings.sampling_steps,
+                steps=settings.sampling_steps,
                 generator=[
-                    sample_generator(self.settings.seed, draw.item.case.case_id, draw.index, device)
+                    sample_generator(settings.seed, draw.item.case.case_id, draw.index, device)
                     for draw in draws
                 ],
                 clip=True,
-                sampler=self.settings.sampler,
+                sampler=settings.sampler,
                 schedule=self.schedule,
-                spacing=self.settings.timestep_spacing,
+                spacing=settings.timestep_spacing,
                 on_step=step_callback,
             )
             return decode(coeffs)[:, 0].float().cpu().numpy()
@@ -302,23 +329,34 @@ class Synthesizer:
             CwdmError: ``out_dir`` cannot be created or is not writable.
             Interrupted: a signal stopped the run; its ``report`` holds the results so far.
         """
-        options = RunOptions(
+        options = self.run_options(qc_dir=qc_dir, overwrite=overwrite, on_case=on_case, on_step=on_step)
+        return run_cases(self, cases, out_dir, replace(options, claims=claims))
+
+    def run_options(
+        self,
+        *,
+        qc_dir: Path | None = None,
+        overwrite: bool = False,
+        on_case: CaseCallback | None = None,
+        on_step: BatchStepCallback | None = None,
+    ) -> RunOptions:
+        """How a run over cases goes with this synthesizer: its throughput and worker factory, and the
+        run's own choices (:func:`cwdm.inference.runner.run_cases`)."""
+        return RunOptions(
             flow=self.throughput,
             worker_factory=self.worker_factory or self._copies_factory(),
             qc_dir=qc_dir,
             overwrite=overwrite,
             on_case=on_case,
             on_step=on_step,
-            claims=claims,
         )
-        return run_cases(self, cases, out_dir, options)
 
     def _copies_factory(self) -> Callable[[torch.device], Synthesizer] | None:
         """Workers with copies of the in-memory models (a synthesizer built by hand over several devices)."""
         if not self.throughput.sharded:
             return None
         models = {target: _cpu_copy(model) for target, model in self.models.items()}
-        parts = (self.settings, self.runtime.precision, self.schedule, self.fast_path)
+        parts = (self.settings, self.runtime.precision, self.schedule, self.fast_path, self.target_settings)
         return functools.partial(_worker_from_parts, models, *parts)
 
 
@@ -342,6 +380,7 @@ def _worker_from_parts(
     precision: str,
     schedule: NoiseSchedule,
     fast_path: FastPathOptions,
+    target_settings: Mapping[MRISequence, SamplingSettings],
     device: torch.device,
 ) -> Synthesizer:
     """A worker's synthesizer from in-memory models (copied to ``device``)."""
@@ -352,4 +391,5 @@ def _worker_from_parts(
         schedule,
         fast_path=fast_path,
         throughput=Throughput.for_devices([device], settings.batch_size),
+        target_settings=target_settings,
     )

@@ -12,17 +12,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ConfigError
-from .execution import Batch, CaseSynthesizer, process_batches
+from .execution import Batch, BatchStepCallback, CaseSynthesizer, process_batches
 from .report import CaseCallback, CaseResult
 from .throughput import Throughput, WorkerEvents, run_workers
-
-if TYPE_CHECKING:
-    from .runner import RunOptions
 
 #: Builds the synthesizer of one worker on its device.
 WorkerFactory = Callable[[torch.device], CaseSynthesizer]
@@ -33,10 +29,12 @@ def run_sharded(
     batches: Sequence[Batch],
     out_dir: Path,
     record: CaseCallback,
-    options: RunOptions,
+    devices: Sequence[torch.device],
+    qc_dir: Path | None = None,
+    on_step: BatchStepCallback | None = None,
 ) -> None:
-    """Share ``batches`` out to one worker process per device of ``options.flow``; record their results
-    in case order. A case whose worker died without reporting it fails (``WorkerError``).
+    """Share ``batches`` out to one worker process per device; record their results in case order. A case
+    whose worker died without reporting it fails (``WorkerError``).
 
     Raises:
         ConfigError: no worker factory was given for a run over several devices.
@@ -49,14 +47,14 @@ def run_sharded(
         return CaseResult(case_id, "failed", targets[case_id], error=reason, error_type="WorkerError")
 
     run_workers(
-        functools.partial(_run_shard, factory, out_dir, options.qc_dir),
+        functools.partial(_run_shard, factory, out_dir, qc_dir),
         batches,
-        options.flow.devices,
+        tuple(devices),
         record=record,
         order=list(targets),
         key=lambda result: result.case_id,
         lost=lost,
-        on_step=options.on_step,
+        on_step=on_step,
     )
 
 

@@ -1,9 +1,10 @@
 """The cWDM denoiser: the published 3D U-Net that maps (x_t, condition, t) to predicted x0.
 
 The architecture and the module names reproduce the published checkpoints' state-dict layout exactly
-(REFERENCE.md section 4, ``cwdm_unet_c64_state_dict.tsv``): a guided-diffusion style U-Net with residual
-blocks, residual-block down/up-sampling (average pooling / nearest upsampling by 2 along all three axes),
-concatenation skips, no attention, GroupNorm evaluated in float32, additive timestep embedding.
+(docs/METHOD.md, "The denoiser"; ``tests/reference/cwdm_unet_c64_state_dict.tsv``): a guided-diffusion
+style U-Net with residual blocks, residual-block down/up-sampling (average pooling / nearest upsampling by 2
+along all three axes), concatenation skips, no attention, GroupNorm evaluated in float32, additive timestep
+embedding.
 """
 
 from __future__ import annotations

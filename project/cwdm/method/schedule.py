@@ -1,7 +1,7 @@
 """The noise schedule: betas, cumulative products, respacing, forward noising and posterior terms.
 
 Pure tensor math, computed in float64 and cast to the data's dtype where used, as the published code
-does (its coefficients are float64 NumPy arrays cast to float32 on extraction). REFERENCE.md section 5.
+does (its coefficients are float64 NumPy arrays cast to float32 on extraction); docs/METHOD.md, "Diffusion".
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def evenly_spaced_timesteps(num_steps: int, count: int) -> list[int]:
 
     Reproduces the published respacing: stride ``(num_steps - 1) / (count - 1)`` accumulated in
     floating point and rounded half-to-even (Python ``round``); 100 of 1000 gives 0, 10, 20, ...,
-    989, 999 (REFERENCE.md section 5).
+    989, 999 (docs/METHOD.md, "Respacing").
     """
     if not 1 <= count <= num_steps:
         raise ConfigError(f"cannot take {count} sampling steps from a {num_steps}-step schedule")
@@ -194,7 +194,7 @@ class NoiseSchedule:
     @property
     def sampling_variance(self) -> Tensor:
         """``(N,)`` float64 "fixed large" variance: beta_t, except the posterior variance at index 1
-        for the first step (REFERENCE.md section 5; what the published numbers use)."""
+        for the first step (docs/METHOD.md, "Sampling"; what the published numbers use)."""
         if len(self) < 2:
             return self.betas.clone()
         return torch.cat([self.posterior_variance[1:2], self.betas[1:]])

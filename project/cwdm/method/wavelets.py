@@ -1,9 +1,10 @@
 """Single-level 3D Haar wavelet transform and the method's coefficient scaling.
 
-Band order and scaling follow REFERENCE.md sections 2-3: the eight sub-bands are ordered LLL, LLH, LHL,
-LHH, HLL, HLH, HHL, HHH (letters name the spatial axes D, H, W in order; L = (a + b) / sqrt(2),
-H = (a - b) / sqrt(2) over each pair of neighbouring voxels), which equals ``pywt.dwtn(x, "haar")`` with
-keys aaa, aad, ..., ddd. The network sees the LLL band divided by 3 ("scaled coefficients", ``coeffs``).
+Band order and scaling follow docs/METHOD.md, "Wavelets" and "Conditioning": the eight sub-bands are
+ordered LLL, LLH, LHL, LHH, HLL, HLH, HHL, HHH (letters name the spatial axes D, H, W in order;
+L = (a + b) / sqrt(2), H = (a - b) / sqrt(2) over each pair of neighbouring voxels), which equals
+``pywt.dwtn(x, "haar")`` with keys aaa, aad, ..., ddd. The network sees the LLL band divided by 3
+("scaled coefficients", ``coeffs``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..errors import ShapeError
 
 #: Number of sub-bands of a single-level 3D transform.
 NUM_BANDS = 8
-#: The LLL band is divided by this before entering the network and multiplied after (REFERENCE.md s. 2).
+#: The LLL band is divided by this before the network and multiplied after (docs/METHOD.md, "Wavelets").
 LLL_SCALE = 3.0
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
@@ -129,7 +130,7 @@ def decode(coeffs: Tensor) -> Tensor:
 
 
 def clip_coeffs(coeffs: Tensor) -> Tensor:
-    """Clamp scaled coefficients in image space to [0, 1] (the published x0 clip, REFERENCE.md s. 5).
+    """Clamp scaled coefficients in image space to [0, 1] (the published x0 clip, docs/METHOD.md, "Sampling").
 
     Args:
         coeffs: ``(B, 8 * C, d, h, w)`` scaled coefficients.

@@ -88,6 +88,15 @@ class Segmenter(Protocol):
     def segment(self, case: CompleteCase) -> np.ndarray: ...
 
 
+def can_segment_missing(segmenter: Segmenter) -> bool:
+    """Whether ``segmenter`` segments a case with one sequence absent (the skip-synthesis baseline): it
+    has ``segment_missing(case, absent)`` and says it was trained for it (``accepts_absent_sequence``).
+    An nnU-Net model or a command trained on four sequences does not, and gets no such row."""
+    return bool(getattr(segmenter, "accepts_absent_sequence", False)) and hasattr(
+        segmenter, "segment_missing"
+    )
+
+
 def checked_labels(
     labels: np.ndarray,
     case: CompleteCase,

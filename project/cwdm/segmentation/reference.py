@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from ..runtime import autocast, resolve_runtime
 from ..sequences import MRISequence
 from ..weights.checkpoints import check_state_dict, check_values, read_state_dict
-from .case import CompleteCase
+from .case import CompleteCase, SegmentationError
 from .labels import labels_from_regions
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,11 @@ class ReferenceSegmenter:
             + ")"
         )
 
+    @property
+    def accepts_absent_sequence(self) -> bool:
+        """Trained with sequence dropout: it segments a case with one sequence absent (as zeros)."""
+        return self.spec.accepts_absent_sequence
+
     def probabilities(self, volumes: Sequence[np.ndarray]) -> Tensor:
         """``(3, *grid)`` WT, TC, ET probabilities of one case's volumes (in ``spec.channels`` order)."""
         inputs = network_input(volumes, self.spec).to(self.device)
@@ -168,5 +173,25 @@ class ReferenceSegmenter:
     def segment(self, case: CompleteCase) -> np.ndarray:
         """Canonical labels of ``case`` on its grid (``uint8``, values 0 to 3)."""
         volumes = case.volumes([MRISequence(seq) for seq in self.spec.channels])
-        regions = (self.probabilities([v.data for v in volumes]) > self.spec.threshold).numpy()
+        return self._labels([v.data for v in volumes])
+
+    def segment_missing(self, case: CompleteCase, absent: MRISequence) -> np.ndarray:
+        """Canonical labels of ``case`` with ``absent`` left out (given as zeros, as in training); its
+        file is not read.
+
+        Raises:
+            SegmentationError: this segmenter was not trained with a sequence absent.
+        """
+        if not self.accepts_absent_sequence:
+            raise SegmentationError(
+                case.case_id, f"{self.name} was trained on complete cases only; it cannot leave {absent} out"
+            )
+        order = [MRISequence(seq) for seq in self.spec.channels]
+        kept = [seq for seq in order if seq != absent]
+        present = dict(zip(kept, case.volumes(kept), strict=True))
+        shape = present[kept[0]].shape
+        return self._labels([present[s].data if s in present else np.zeros(shape, np.float32) for s in order])
+
+    def _labels(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
+        regions = (self.probabilities(volumes) > self.spec.threshold).numpy()
         return labels_from_regions(regions[0], regions[1], regions[2])

@@ -29,8 +29,9 @@ from torch import Tensor
 from ..atomic import replacing
 from ..cases.discovery import Case, discover_cases
 from ..cases.preprocessing import CLIP_QUANTILES, NetworkLayout, normalise
-from ..cases.reader import read_sequences
+from ..cases.reader import read_segmentation, read_sequences
 from ..errors import ConfigError, CwdmError
+from ..segmentation.labels import convention_mapping, detect_convention, to_canonical
 from ..sequences import CANONICAL_ORDER
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 QUANTISATION_LEVELS = 65535
 #: Part of every cache key: a change of the preprocessing or of the stored format must not reuse old files.
 _CACHE_FORMAT = f"cwdm-training-case-v1/clip{CLIP_QUANTILES}/uint16x{QUANTISATION_LEVELS}"
+#: The label channel of a case without a segmentation (with ``labels``): every voxel holds this.
+UNLABELLED = 65535
 
 
 def quantise(values: np.ndarray) -> Tensor:
@@ -66,6 +69,8 @@ class TrainingCases:
         cache_bytes: Keep at most this many bytes of cases in memory (``None``: no limit); the others
             are read again whenever they are drawn. A BraTS case takes 64 MiB.
         cache_dir: Also keep preprocessed cases on disk here, keyed by their files' contents.
+        labels: Keep a fifth channel: the case's tumour labels (canonical, 0 to 4), or :data:`UNLABELLED`
+            everywhere for a case without a ``-seg`` file (objectives that weigh or segment the tumour).
     """
 
     def __init__(
@@ -75,11 +80,13 @@ class TrainingCases:
         cache: bool = True,
         cache_bytes: int | None = None,
         cache_dir: Path | None = None,
+        labels: bool = False,
     ) -> None:
         if not cases:
             raise CwdmError("no complete training cases (folders with all four sequences) found")
         self.cases = cases
         self.multiple = multiple
+        self.labels = labels
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = torch.device("cpu")
         self._cache: dict[int, Tensor] | None = {} if cache else None
@@ -94,9 +101,14 @@ class TrainingCases:
         cache: bool = True,
         cache_bytes: int | None = None,
         cache_dir: Path | None = None,
+        labels: bool = False,
+        exclude: tuple[str, ...] = (),
     ) -> TrainingCases:
-        complete = [case for case in discover_cases(data_dir) if case.is_complete]
-        return cls(complete, multiple, cache, cache_bytes, cache_dir)
+        """The complete cases of ``data_dir`` but those of ``exclude`` (held-out cases)."""
+        complete = [
+            case for case in discover_cases(data_dir) if case.is_complete and case.case_id not in exclude
+        ]
+        return cls(complete, multiple, cache, cache_bytes, cache_dir, labels)
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -147,14 +159,31 @@ class TrainingCases:
         return levels
 
     def _preprocess(self, index: int) -> Tensor:
-        volumes = read_sequences(self.cases[index], CANONICAL_ORDER)
+        case = self.cases[index]
+        volumes = read_sequences(case, CANONICAL_ORDER)
         layout = NetworkLayout.for_shape(volumes[0].shape, self.multiple)
-        return quantise(np.stack([layout.to_network(normalise(v.data)) for v in volumes]))
+        levels = quantise(np.stack([layout.to_network(normalise(v.data)) for v in volumes]))
+        if not self.labels:
+            return levels
+        seg = read_segmentation(case)
+        if seg is None:
+            channel = torch.full(levels.shape[1:], UNLABELLED, dtype=torch.uint16)
+        else:
+            canonical = to_canonical(seg, convention_mapping(detect_convention(seg)), f"{case.case_id}-seg")
+            # The network layout pads with zeros: label 0, the background.
+            channel = torch.from_numpy(layout.to_network(canonical).astype(np.uint16))
+        return torch.cat([levels, channel.unsqueeze(0)])
 
     def _cache_key(self, index: int) -> str:
-        digest = hashlib.sha256(f"{_CACHE_FORMAT}/multiple{self.multiple}".encode())
+        labels = "/labels-v1" if self.labels else ""
+        digest = hashlib.sha256(f"{_CACHE_FORMAT}/multiple{self.multiple}{labels}".encode())
         for seq in CANONICAL_ORDER:
             digest.update(_file_digest(self.cases[index].files[seq]))
+        if self.labels:
+            seg = next(
+                (p for p in self.cases[index].folder.glob(f"{self.cases[index].case_id}-seg.nii*")), None
+            )
+            digest.update(_file_digest(seg) if seg is not None else b"unlabelled")
         return digest.hexdigest()
 
     def preload(self, threads: int | None = None, on_case: Callable[[int], None] | None = None) -> None:

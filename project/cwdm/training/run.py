@@ -37,6 +37,7 @@ def train_targets(
     max_seconds: float | None = None,
     on_log: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> list[Trainer]:
     """Train the denoiser of each config's target on the complete cases of ``data_dir``, in turn.
 
@@ -54,6 +55,7 @@ def train_targets(
         cache_dir: Also keep preprocessed cases on disk there (:class:`TrainingCases`).
         max_seconds: Stop each target's run after this many seconds (checkpointed; a rerun goes on).
         on_log: Called with each logged :class:`StepReport`.
+        exclude: Case ids left out of training (the held-out cases).
         should_stop: Asked after every step; once true, the current target checkpoints its step and no
             further target starts.
 
@@ -68,7 +70,10 @@ def train_targets(
     if len(set(targets)) != len(targets) or not targets:
         raise ConfigError(f"expected one or more different targets, got {[str(t) for t in targets]}")
     multiple = 2 * configs[0].spec.architecture.size_multiple
-    data = TrainingCases.from_folder(data_dir, multiple, cache_bytes=cache_bytes, cache_dir=cache_dir)
+    labels = any(config.needs_labels for config in configs)
+    data = TrainingCases.from_folder(
+        data_dir, multiple, cache_bytes=cache_bytes, cache_dir=cache_dir, labels=labels, exclude=exclude
+    )
     out_dir = Path(out_dir)
     weights_dir = Path(weights_dir) if weights_dir is not None else out_dir / "weights"
     trainers = []

@@ -1,7 +1,7 @@
 """Training one target's denoiser with the published objective, resumable bit for bit.
 
-The objective (REFERENCE.md section 5): x0 = scaled coefficients of the target, condition = scaled
-coefficients of the other three sequences, t uniform in 0..T-1, noise drawn in image space and wavelet
+The objective (docs/METHOD.md, "Training objective"): x0 = scaled coefficients of the target, condition =
+scaled coefficients of the other three sequences, t uniform in 0..T-1, noise drawn in image space and wavelet
 transformed (not LLL-scaled), loss = MSE between predicted and true x0. Adam, lr 1e-5, batch 1 by
 default. Preprocessing is the inference preprocessing (:mod:`cwdm.cases.volumes`).
 
@@ -43,6 +43,7 @@ from ..runtime import autocast, resolve_precision
 from ..sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..weights.checkpoints import check_state_dict, read_state_dict, write_state_dict
 from .data import TrainingCases, dequantise, random_crop, random_flip
+from .objectives import SegmentationConsistency, weighted_mse
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class TrainingConfig:
             training sets).
         lr_schedule: ``constant`` (published) or ``cosine``: the learning rate decays from ``lr`` to 0
             over ``iterations`` as ``lr * (1 + cos(pi * step / iterations)) / 2``.
+        tumour_weight: Weigh the squared error inside the tumour ``1 + tumour_weight`` times
+            (:mod:`cwdm.training.objectives`; 0, published: plain MSE).
+        segmentation_weight: Add the segmentation-consistency term through ``segmenter`` this many times
+            (0, published: none).
+        segmenter: The frozen reference segmenter of that term (a folder, or ``builtin``).
     """
 
     target: MRISequence
@@ -90,6 +96,14 @@ class TrainingConfig:
     grad_clip: float | None = None
     flip: bool = False
     lr_schedule: LrSchedule = "constant"
+    tumour_weight: float = 0.0
+    segmentation_weight: float = 0.0
+    segmenter: str | None = None
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the objective reads the cases' tumour labels."""
+        return self.tumour_weight > 0 or self.segmentation_weight > 0
 
     def __post_init__(self) -> None:
         try:
@@ -115,6 +129,9 @@ class TrainingConfig:
             "precision": self.precision in ("fp32", "bf16", "fp16"),
             "ema_rate": self.ema_rate is None or 0 < self.ema_rate < 1,
             "lr_schedule": self.lr_schedule in ("constant", "cosine"),
+            "tumour_weight": self.tumour_weight >= 0,
+            "segmentation_weight": self.segmentation_weight >= 0
+            and (self.segmentation_weight == 0 or self.segmenter is not None),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -223,6 +240,7 @@ class Trainer(ResumableRun):
             if self.device.type == "cpu"
             else torch.Generator(device=self.device).manual_seed(config.seed + self.rank)
         )
+        self.consistency = _consistency(config, self.device)
         # Cases of the next step being read in the background (only for cases not in memory).
         self._prefetched: dict[int, Future[Tensor]] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -235,18 +253,23 @@ class Trainer(ResumableRun):
         )
 
     # -- data ---------------------------------------------------------------------------------
-    def _next_volumes(self) -> Tensor:
-        """Draw ``batch_size`` cases (uniformly, from the loop's generator), crop, flip; on the device."""
+    def _next_volumes(self) -> tuple[Tensor, Tensor | None]:
+        """Draw ``batch_size`` cases (uniformly, from the loop's generator), crop, flip; on the device.
+
+        Returns ``(B, 4, ...)`` values in [0, 1] and, when the objective reads them, ``(B, ...)`` labels."""
         picks = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
-        volumes = []
+        crops = []
         for index in picks:
-            crop = random_crop(self._case(int(index)), self.config.crop_size, self.generator)
-            values = dequantise(crop.to(self.device))
-            volumes.append(random_flip(values, self.generator) if self.config.flip else values)
+            crop = random_crop(self._case(int(index)), self.config.crop_size, self.generator).to(self.device)
+            # As int32 (exact for 16-bit levels and labels): torch flips no uint16 tensor on a CPU.
+            crop = crop.to(torch.int32)
+            crops.append(random_flip(crop, self.generator) if self.config.flip else crop)
         for future in self._prefetched.values():  # a guess that did not come true (after a resume)
             future.cancel()
         self._prefetched.clear()
-        return torch.stack(volumes)
+        batch = torch.stack(crops)
+        labels = batch[:, 4] if self.config.needs_labels else None
+        return dequantise(batch[:, :4]), labels
 
     def _case(self, index: int) -> Tensor:
         future = self._prefetched.pop(index, None)
@@ -281,7 +304,7 @@ class Trainer(ResumableRun):
     # -- one step -----------------------------------------------------------------------------
     def train_step(self) -> float:
         """One optimiser step; returns the batch loss."""
-        volumes = self._next_volumes()
+        volumes, labels = self._next_volumes()
         x_in, t, x0 = training_batch(
             volumes, self.config.target, self.schedule, self.generator, self.noise_generator
         )
@@ -292,7 +315,11 @@ class Trainer(ResumableRun):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.precision):
             pred = self._module(x_in, t)
-        loss = torch.mean((pred.float() - x0) ** 2)
+        loss = weighted_mse(pred, x0, labels, self.config.tumour_weight)
+        if self.consistency is not None and labels is not None:
+            with autocast(self.device, self.config.precision):
+                term = self.consistency(pred, volumes, labels)
+            loss = loss + self.config.segmentation_weight * term
         self.scaler.scale(loss).backward()
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -342,6 +369,9 @@ class Trainer(ResumableRun):
             "precision",
             "flip",
             "lr_schedule",
+            "tumour_weight",
+            "segmentation_weight",
+            "segmenter",
         )
         return [key for key in resumable if ours[key] != theirs.get(key)]
 
@@ -393,3 +423,20 @@ class Trainer(ResumableRun):
     def weights_file(self) -> Path:
         """The exported inference weights of this target."""
         return self.weights_dir / f"{self.config.target}.safetensors"
+
+
+def _consistency(config: TrainingConfig, device: torch.device) -> SegmentationConsistency | None:
+    """The segmentation-consistency term of ``config`` on ``device`` (``None`` without one)."""
+    if config.segmentation_weight <= 0 or config.segmenter is None:
+        return None
+    from ..segmentation.reference import ReferenceSegmenter
+
+    reference = (
+        ReferenceSegmenter.builtin("cpu")
+        if config.segmenter == "builtin"
+        else ReferenceSegmenter.open(Path(config.segmenter), "cpu")
+    )
+    spec = reference.spec
+    return SegmentationConsistency(reference.network, spec.channels, spec.downsample, config.target).to(
+        device
+    )

@@ -1,6 +1,6 @@
 """Reading and writing denoiser weights without executing pickled code.
 
-A checkpoint is a plain state dict in the published layout (REFERENCE.md section 4): ``.pt``/``.pth``
+A checkpoint is a plain state dict in the published layout (docs/METHOD.md, "The denoiser"): ``.pt``/``.pth``
 files are read with ``torch.load(weights_only=True)``, ``.safetensors`` with the safetensors library.
 Loading is strict: a mismatch names the missing, unexpected and mis-shaped keys.
 """

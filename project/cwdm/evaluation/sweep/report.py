@@ -13,7 +13,7 @@ from ...atomic import write_atomic
 from ...config import SweepSetting
 from ...segmentation.labels import DICE_COLUMNS
 from ...sequences import CANONICAL_ORDER
-from ..evaluate import REAL
+from ..results import MISSING, REAL
 from ..timing import BUSY_SHARE
 from .analysis import (
     SUMMARY_SCORES,
@@ -31,6 +31,7 @@ from .analysis import (
 #: The setting ``cwdm sweep`` recommends, as a ``parameters.yaml`` (``cwdm infer --parameters``).
 RECOMMENDED_NAME = "recommended.yaml"
 BASELINES_NAME = "baselines.csv"
+_LABELS = {REAL: "real complete case (ceiling)", MISSING: "sequence left out (skip synthesis)"}
 
 
 def _format(key: str, value: float) -> str:
@@ -44,7 +45,7 @@ def baseline_table(summary: dict[str, dict[str, float]]) -> str:
         "|" + "---|" * (len(SUMMARY_SCORES) + 2),
     ]
     for source, means in summary.items():
-        label = "real complete case (ceiling)" if source == REAL else source.replace("copy-", "copy ")
+        label = _LABELS.get(source, source.replace("copy-", "copy "))
         cells = [label, str(int(means["n"])), *(_format(key, means[key]) for key in SUMMARY_SCORES)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -120,8 +121,8 @@ def draw(
     axes = list(grid.flat)
     legend_ax = axes.pop(2) if with_dice else axes[1]
     references = references or {}
-    copies = {k: v for k, v in references.items() if k != REAL and not k.startswith("missing")}
-    skipped = {k: v for k, v in references.items() if k.startswith("missing")}
+    copies = {k: v for k, v in references.items() if k not in (REAL, MISSING)}
+    skipped = {k: v for k, v in references.items() if k == MISSING}
     fields = [s.fields or SweepSetting() for s in summaries]
     kinds_seen = {(f.sampler, f.timestep_spacing) for f in fields}
     lines_drawn: set[str] = set()

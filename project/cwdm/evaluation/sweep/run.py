@@ -40,7 +40,8 @@ from ...runtime import resolve_runtime
 from ...segmentation.spec import open_segmenter
 from ...sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..downstream import DownstreamScorer
-from ..evaluate import REAL, baseline_scores, score_prediction
+from ..evaluate import baseline_scores, score_prediction
+from ..results import MISSING, REAL
 from ..timing import Timing, measure
 from .analysis import BaselineRow, SweepRow, read_baselines, read_rows, write_rows
 from .report import BASELINES_NAME
@@ -292,8 +293,9 @@ def _synthesise_once(
 def score_baselines(
     cases: Sequence[Case], targets: Sequence[MRISequence], scorer: DownstreamScorer, path: Path
 ) -> list[BaselineRow]:
-    """Score, once, each case's real complete case (Dice, target ``all``) and each copy baseline of each
-    target (every score and the Dice) into ``path``; rows already there are kept (resumable).
+    """Score, once, each case's real complete case (Dice, target ``all``), each copy baseline of each
+    target (every score and the Dice) and, where the segmenter can, each target left out (source
+    ``missing``, the Dice) into ``path``; rows already there are kept (resumable).
 
     Returns:
         Every row of ``path``.
@@ -321,4 +323,8 @@ def score_baselines(
                     copy.source,
                     copy.values() | scorer.copy(case, target, seq).values(),
                 )
+            if (case.case_id, str(target), MISSING) not in done:
+                skipped = scorer.missing(case, target)
+                if skipped is not None:
+                    save(case.case_id, str(target), MISSING, skipped.values())
     return rows
