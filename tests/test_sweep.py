@@ -364,6 +364,9 @@ def test_the_plot_legend_lists_only_what_the_plot_shows() -> None:
     assert drawn == [21.0]  # the copy's line, and no other horizontal line
     assert [tick.get_text() for tick in psnr_axis.get_xticklabels()] == ["4", "5", "6", "7", "8", "9", "10"]
 
+    skip = {"missing": {"full_psnr": 20.0, "full_ssim": 0.7}}  # the case segmented without the sequence
+    assert _legend_texts(sweep_report.draw(summaries, "t", skip))[-1] == "sequence left out (skip synthesis)"
+
 
 @pytest.mark.parametrize(
     ("low", "high", "ticks"),

@@ -193,9 +193,9 @@ def draw(
 
 #: The reference lines: their style and legend text.
 _REFERENCE_LINES = {
-    "real": ({"color": "tab:green", "lw": 1.2}, "real complete case (ceiling)"),
+    "real": ({"color": "tab:green", "lw": 1.2}, _LABELS[REAL]),
     "copy": ({"color": "gray", "lw": 1, "ls": "--"}, "best copy baseline"),
-    "skip": ({"color": "tab:red", "lw": 1, "ls": ":"}, "sequence left out (skip)"),
+    "skip": ({"color": "tab:red", "lw": 1, "ls": ":"}, _LABELS[MISSING]),
 }
 
 
