@@ -31,6 +31,32 @@ def test_version_prints_the_package_version() -> None:
         assert result.output.strip() == f"cwdm {__version__}"
 
 
+def test_command_lists_fit_80_columns_without_cut_descriptions() -> None:
+    """Every group's command list at 80 columns: each command on one line, its description whole (no "...",
+    which click adds where it shortens a docstring)."""
+    import typer.main
+
+    def groups(command: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+        if not hasattr(command, "commands"):  # a command, not a group
+            return []
+        found = [(path, command)]
+        for name, sub in command.commands.items():
+            found += groups(sub, (*path, name))
+        return found
+
+    listed = groups(typer.main.get_command(cli.app))
+    assert [path for path, _ in listed] == [(), ("weights",), ("report",), ("segmenter",)]
+    for path, group in listed:
+        result = runner.invoke(cli.app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        commands = result.output.split("Commands:\n", 1)[1].splitlines()
+        names = [line.split()[0] for line in commands if line.strip()]
+        assert sorted(names) == sorted(group.commands), (path, commands)  # one line each: nothing wrapped
+        for line in commands:
+            assert len(line) <= 80 and "..." not in line, (path, line)
+            assert line.rstrip().endswith("."), (path, line)  # a whole sentence
+
+
 def test_short_help_and_completion_exist() -> None:
     text = _help()
     assert "--install-completion" in text and "--show-completion" in text

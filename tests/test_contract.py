@@ -86,3 +86,80 @@ def test_infer_on_a_case_folder_exits_2_and_creates_nothing(tmp_path: Path) -> N
     assert "pass the folder above it" in " ".join(result.output.split())
     assert not out.exists()
     assert not (tmp_path / "out-report.json").exists()
+
+
+def _blob_case(shape: tuple[int, int, int] = (60, 60, 40)) -> list[Volume]:
+    """Three skull-stripped-looking volumes: the same ellipsoid brain (about 12 % of the grid) of
+    positive values on a background of exact zeros."""
+    grid = np.indices(shape).astype(float)
+    centre = np.array(shape, dtype=float)[:, None, None, None] / 2
+    radii = np.array([14.0, 14.0, 9.0])[:, None, None, None]
+    brain = (((grid - centre) / radii) ** 2).sum(axis=0) <= 1
+    rng = np.random.default_rng(1)
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    volumes = []
+    for seq in SEQUENCES:
+        data = np.where(brain, rng.uniform(100, 1000, shape), 0.0)
+        volumes.append(Volume(data, header, Path(f"BraTS-GLI-00001-000-{seq}.nii.gz")))
+    return volumes
+
+
+def _background_notes(volumes: list[Volume]) -> list[str]:
+    """The case's notes but the grid's (the small synthetic grid is not BraTS's)."""
+    return [note for note in contract_warnings(SEQUENCES, volumes) if not note.startswith("the grid is")]
+
+
+@pytest.mark.parametrize("reaches_the_faces", [True, False])
+def test_a_constant_non_zero_background_is_warned_with_its_value(reaches_the_faces: bool) -> None:
+    volumes = _blob_case()
+    data = volumes[2].data.copy()
+    box = (slice(None),) * 3 if reaches_the_faces else (slice(5, -5), slice(5, -5), slice(3, -3))
+    background = data[box]
+    background[background == 0] = 37.0  # a box of 37 around the brain
+    notes = _background_notes([volumes[0], volumes[1], _with(volumes[2], data)])
+    assert len(notes) == 1, notes
+    assert notes[0].startswith(
+        "the t2f volume BraTS-GLI-00001-000-t2f.nii.gz has a constant non-zero background: 37 fills "
+    )
+    assert "skull-stripped" not in notes[0].split(";")[0]  # judged on what differs from its background
+    assert _background_notes(volumes) == []  # the clean case
+
+
+def test_a_zero_background_lifted_by_the_normalisation_is_warned_with_the_value_it_becomes() -> None:
+    volumes = _blob_case()
+    data = volumes[1].data.copy()
+    rim = np.flatnonzero(data.ravel() > 0)[:400]  # 0.28 % of the voxels: ringing below zero at the edge
+    data.ravel()[rim] = -np.linspace(1, 40, rim.size)
+    low, high = np.quantile(data, [0.001, 0.999])
+    expected = (0 - low) / (high - low)  # where the training normalisation puts the background
+    assert expected > 0.01
+    (note,) = _background_notes([volumes[0], _with(volumes[1], data), volumes[2]])
+    assert note.startswith(
+        f"the t2w volume BraTS-GLI-00001-000-t2w.nii.gz has a background of 0 that the training "
+        f"normalisation scales to {expected:.3f}, not 0: "
+    )
+    assert "down to -40" in note
+
+    data.ravel()[rim[:50]] = -5.0  # 0.1 % or fewer below zero: the lower clip is 0, the background stays 0
+    data.ravel()[rim[50:]] = 7.0
+    assert _background_notes([volumes[0], _with(volumes[1], data), volumes[2]]) == []
+
+
+@pytest.mark.parametrize(
+    ("case_id", "warned"), [("BraTS-GLI-99903-000", "t2f"), ("BraTS-GLI-99904-000", None)]
+)
+def test_the_shipped_cases_background_check(case_id: str, warned: str | None) -> None:
+    """99903's t2f (BraTS Toolkit output) has 0.16 % of its voxels below zero, which lifts its zero
+    background to 0.022 after the normalisation; 99904 is clean."""
+    (case,) = [c for c in discover_cases(EXAMPLE.parent) if c.case_id == case_id]
+    names = sorted(case.files, key=list(case.files).index)
+    notes = contract_warnings([str(n) for n in names], [read_volume(case.files[n]) for n in names])
+    if warned is None:
+        assert notes == ()
+    else:
+        (note,) = notes
+        assert note.startswith(
+            f"the {warned} volume {case_id}-{warned}.nii.gz has a background of 0 that the training "
+            "normalisation scales to 0.022, not 0: 0.16% of its voxels are below it (down to -45)"
+        )

@@ -177,7 +177,6 @@ def test_evaluate_scores_each_prediction_against_the_normalised_truth(tmp_path, 
 def test_evaluate_isolates_bad_predictions(tmp_path, truth_dir):
     pred_dir = tmp_path / "pred"
     save(blob(30), pred_dir / f"{CASES[0]}-t2f.nii.gz")  # good
-    save(blob(31), pred_dir / "BraTS-GLI-99999-000-t1n.nii.gz")  # no ground truth folder
     save(blob(32, (26, 24, 10)), pred_dir / f"{CASES[1]}-t1c.nii.gz")  # wrong shape
     (pred_dir / f"{CASES[1]}-t2w.nii.gz").write_bytes(b"not a nifti file")  # unreadable
     (pred_dir / "report.json").write_text("{}")  # not a prediction
@@ -187,24 +186,57 @@ def test_evaluate_isolates_bad_predictions(tmp_path, truth_dir):
 
     assert [(s.case_id, str(s.target)) for s in result.scores] == [(CASES[0], "t2f")]
     messages = {(f.case_id, str(f.target) if f.target else None): f.message for f in result.failures}
-    assert set(messages) == {
-        ("BraTS-GLI-99999-000", "t1n"),
-        (CASES[1], "t1c"),
-        (CASES[1], "t2w"),
-        ("report.json", None),
-    }
-    assert "no ground-truth folder" in messages[("BraTS-GLI-99999-000", "t1n")]
+    assert set(messages) == {(CASES[1], "t1c"), (CASES[1], "t2w"), ("report.json", None)}
     assert "26x24x10 differs from the ground truth's 26x24x12" in messages[(CASES[1], "t1c")]
     assert "cannot read" in messages[(CASES[1], "t2w")]
     assert "not a prediction file" in messages[("report.json", None)]
+    assert result.no_truth == () and result.exit_code == 1
+    assert result.counts_text() == "4 predictions: 1 scored, 0 no truth, 3 failed"  # report.json too
 
 
-def test_missing_truth_sequence_is_reported(tmp_path, truth_dir):
-    (truth_dir / CASES[0] / f"{CASES[0]}-t2w.nii.gz").unlink()
-    save(blob(30), tmp_path / "pred" / f"{CASES[0]}-t2w.nii.gz")
+def test_a_prediction_without_ground_truth_is_listed_apart_not_failed(tmp_path, truth_dir):
+    """A case folder absent from the truth, or a case folder without the predicted sequence: "no truth",
+    neither a score nor a failure; the evaluation's status stays 0 while something was scored."""
+    (truth_dir / CASES[1] / f"{CASES[1]}-t2w.nii.gz").unlink()
+    pred_dir = tmp_path / "pred"
+    save(blob(30), pred_dir / f"{CASES[0]}-t2f.nii.gz")  # has its truth
+    save(blob(31), pred_dir / "BraTS-GLI-99999-000-t1n.nii.gz")  # no case folder
+    save(blob(32), pred_dir / f"{CASES[1]}-t2w.nii.gz")  # the case folder lacks t2w
+    seen = []
+
+    result = evaluate(pred_dir, truth_dir, baseline=True, on_case=seen.append)
+
+    assert result.failures == () and result.exit_code == 0
+    assert {(s.case_id, s.source) for s in result.scores} >= {(CASES[0], "prediction")}
+    assert all(s.case_id == CASES[0] for s in result.scores)  # no baseline for a case without truth
+    assert [(n.case_id, str(n.target)) for n in result.no_truth] == [
+        (CASES[1], "t2w"),
+        ("BraTS-GLI-99999-000", "t1n"),
+    ]
+    assert result.no_truth[0].reason == f"no {CASES[1]}-t2w.nii.gz in {truth_dir / CASES[1]}"
+    assert result.no_truth[1].reason == f"no case folder {truth_dir / 'BraTS-GLI-99999-000'}"
+    assert [(o.case_id, o.status) for o in seen] == [  # one outcome per prediction, in name order
+        (CASES[0], "scored"),
+        (CASES[1], "no truth"),
+        ("BraTS-GLI-99999-000", "no truth"),
+    ]
+    assert result.counts_text() == "3 predictions: 1 scored, 2 no truth, 0 failed"
+    assert result.no_truth_text() == (
+        f"no truth (not scored, not a failure): {CASES[1]} (t2w), BraTS-GLI-99999-000 (t1n)"
+    )
+    rows = list(csv.DictReader(io.StringIO(result.to_csv())))
+    status = {(row["case"], row["target"], row["source"]): row["status"] for row in rows}
+    assert status[(CASES[0], "t2f", "prediction")] == "scored"
+    assert status[("BraTS-GLI-99999-000", "t1n", "prediction")] == "no truth"
+    assert status[(CASES[1], "t2w", "prediction")] == "no truth"
+    assert all(row["error"] == "" for row in rows)
+
+
+def test_nothing_but_predictions_without_truth_is_not_a_success(tmp_path, truth_dir):
+    save(blob(31), tmp_path / "pred" / "BraTS-GLI-99999-000-t1n.nii.gz")
     result = evaluate(tmp_path / "pred", truth_dir)
-    assert result.scores == ()
-    assert "no ground truth for t2w" in result.failures[0].message
+    assert result.scores == () and result.failures == () and len(result.no_truth) == 1
+    assert result.exit_code == 1  # nothing was scored: most likely the wrong truth folder
 
 
 @pytest.mark.parametrize("which", ["pred", "truth"])
@@ -290,10 +322,17 @@ def test_cli_evaluate(tmp_path, truth_dir):
         "prediction  t2f" in result.output and "all" not in result.output and (tmp_path / "s.csv").is_file()
     )
 
-    save(blob(31), pred_dir / "BraTS-GLI-99999-000-t1n.nii.gz")
+    save(blob(31), pred_dir / "BraTS-GLI-99999-000-t1n.nii.gz")  # no truth: listed, not a failure
     result = runner.invoke(app, ["evaluate", str(pred_dir), str(truth_dir), "--baseline"])
-    assert result.exit_code == 1
-    assert "copy-t1n" in result.output and "no ground-truth folder" in result.output
+    assert result.exit_code == 0, result.output
+    assert "copy-t1n" in result.output and "not scored:" not in result.output  # no failure line
+    assert "no truth (not scored, not a failure): BraTS-GLI-99999-000 (t1n)" in result.output
+    assert "2 predictions: 1 scored, 1 no truth, 0 failed" in result.output
+
+    (pred_dir / f"{CASES[1]}-t1c.nii.gz").write_bytes(b"not a volume")  # a failure
+    result = runner.invoke(app, ["evaluate", str(pred_dir), str(truth_dir)])
+    assert result.exit_code == 1 and "3 predictions: 1 scored, 1 no truth, 1 failed" in result.output
+    assert f"not scored: {CASES[1]}" in result.output
 
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nowhere"), str(truth_dir)])
     assert result.exit_code == 2 and "does not exist" in result.output

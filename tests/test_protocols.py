@@ -20,9 +20,10 @@ from cwdm.cases.preprocessing import normalise
 from cwdm.config import CommandSegmenterSpec, load_segmenter_spec
 from cwdm.errors import ConfigError
 from cwdm.evaluation.downstream import combined_scores
-from cwdm.evaluation.evaluate import columns, evaluate
+from cwdm.evaluation.evaluate import evaluate
 from cwdm.evaluation.labelwise import LABEL_COLUMNS
 from cwdm.evaluation.protocols import PROTOCOL_NAMES, PROTOCOLS, evaluate_protocol, get_protocol
+from cwdm.evaluation.results import columns
 from cwdm.segmentation.case import CompleteCase
 from tests.segmentation.synthetic import write_case_folder
 from tests.test_labelwise import brute_hd95
@@ -101,7 +102,7 @@ def test_2025_adds_the_per_label_scores_of_each_segmentation(
     rows = _rows(result.evaluation.to_csv())
     header = next(csv.reader(io.StringIO(result.evaluation.to_csv())))
     assert header[: 3 + len(columns())] == ["case", "target", "source", *columns()]
-    assert header[3 + len(columns()) :] == [*LABEL_COLUMNS, "error"]
+    assert header[3 + len(columns()) :] == [*LABEL_COLUMNS, "error", "status"]
     for case_id in CASES:
         true, predicted = labels[case_id], damaged(labels[case_id])
         for source in ("prediction", "real", "copy-t1n"):

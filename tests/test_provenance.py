@@ -142,3 +142,34 @@ def test_an_output_without_a_record_is_skipped_as_before(
     code, report, _ = _infer(data, out, tiny_weights, "--steps", "1")
     assert code == 0 and report["counts"]["skipped"] == 2
     assert all(c["provenance"] is None for c in report["cases"])
+
+
+def test_reruns_keep_the_earlier_runs_in_the_report_newest_first(
+    data: Path, tmp_path: Path, tiny_weights: Path
+) -> None:
+    """The report file of a rerun is the new run with the earlier ones under ``previous_runs``: the
+    first run's per-case stage times survive a rerun that skipped everything, and a rerun with other
+    settings (mismatched) keeps both earlier records, each as it was written."""
+    out = tmp_path / "out"
+    code, first, _ = _infer(data, out, tiny_weights, "--steps", "1")
+    assert code == 0 and first["counts"]["written"] == 2 and first["previous_runs"] == []
+    first_stages = {case["case_id"]: case["stages_s"] for case in first["cases"]}
+    assert all(stages and stages["network"] > 0 for stages in first_stages.values())
+
+    code, second, _ = _infer(data, out, tiny_weights, "--steps", "1")
+    assert code == 0 and second["counts"]["skipped"] == 2
+    assert all(case["stages_s"] is None for case in second["cases"])  # nothing was sampled this time
+    (earlier,) = second["previous_runs"]
+    assert earlier == {key: value for key, value in first.items() if key != "previous_runs"}
+    assert {case["case_id"]: case["stages_s"] for case in earlier["cases"]} == first_stages
+
+    code, third, _ = _infer(data, out, tiny_weights, "--steps", "2")
+    assert code == 1 and third["counts"]["mismatched"] == 2
+    without_history = [
+        {key: value for key, value in run.items() if key != "previous_runs"} for run in (second, first)
+    ]
+    assert third["previous_runs"] == without_history  # newest first
+    assert [run["started_at"] for run in third["previous_runs"]] == [
+        second["started_at"],
+        first["started_at"],
+    ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,59 @@ def test_card_scores_are_cwdm_evaluates(tmp_path: Path) -> None:
     card = dict(entries[0].scores)
     expected = score_prediction(prediction, truth_file, case_id).regions["full"]
     assert card["PSNR / MSE (full)"] == f"{expected.psnr:.2f} dB / {expected.mse:.5f}"
+
+
+def test_a_preview_has_a_pixel_for_each_voxel_of_a_brats_axis(tmp_path: Path) -> None:
+    """Four columns of 240-voxel panels: at least 240 pixels each, so nothing is lost to downsampling and
+    the labels are drawn large enough to read at the picture's own size."""
+    from PIL import Image
+
+    volume = np.zeros((240, 240, 155))
+    volume[40:200, 30:210, 20:135] = 0.5
+    panels = [Panel(name, volume) for name in ("t1n", "t1c", "t2w", "t2f (prediction)")]
+    path = render_preview(tmp_path / "p.png", panels, np.eye(4), volume > 0, "c")
+    with Image.open(path) as image:
+        assert image.width >= 4 * 240
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium")
+def test_the_sheet_shows_each_preview_at_its_own_size(tmp_path: Path) -> None:
+    """Rendered by Chromium in a 1650-pixel window: each preview as many pixels wide as the picture (a
+    1000-pixel one is not shrunk to a thumbnail), and the card's text wrapped to it."""
+    from PIL import Image
+
+    for name, width in (("a.png", 1000), ("b.png", 700)):
+        Image.new("RGB", (width, 300), "grey").save(tmp_path / name)
+    entries = [
+        SheetEntry("BraTS-GLI-00001-000", "t2f", "previewed", preview="a.png", error="x " * 400),
+        SheetEntry("BraTS-GLI-00002-000", "t1n", "previewed", preview="b.png"),
+        SheetEntry("BraTS-GLI-00003-000", "t1n", "failed", error="y " * 400),
+    ]
+    page = write_sheet(tmp_path / "index.html", entries, "t").read_text()
+    probe = (
+        "<script>window.onload = () => { document.body.dataset.widths = "
+        "[...document.querySelectorAll('.card')].map(c => [c.querySelector('img')?.width ?? 0, "
+        "c.getBoundingClientRect().width].join(':')).join(','); }</script>"
+    )
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    dom = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1650,1200",
+            "--dump-dom",
+            (tmp_path / "probe.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    widths = [
+        [float(v) for v in card.split(":")] for card in re.search(r'data-widths="([^"]*)"', dom)[1].split(",")
+    ]
+    (image_a, card_a), (image_b, card_b), (none, card_c) = widths
+    assert (image_a, image_b, none) == (1000, 700, 0)
+    assert 1000 < card_a < 1040 and 700 < card_b < 740  # the image and the padding; long text wraps
+    assert 420 <= card_c < 460  # a card without a preview keeps the narrow width

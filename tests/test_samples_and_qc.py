@@ -229,3 +229,96 @@ def test_single_step_needs_the_trailing_spacing_and_then_returns_the_networks_x0
     assert seen[-1] == 0
     with pytest.raises(ConfigError, match="unknown timestep spacing"):
         NoiseSchedule.linear(1000).respaced(10, "leading")  # type: ignore[arg-type]
+
+
+def test_cli_qc_takes_the_truth_from_a_folder_of_complete_cases(tmp_path: Path) -> None:
+    """DATA the inputs, --truth the complete cases: the truth shown (and scored as cwdm evaluate scores it)
+    where the truth folder has it, the inputs alone with a "no truth" note where it does not."""
+    shape = (32, 32, 16)  # large enough for cwdm evaluate's centre crop
+    for number in (1, 2):
+        write_case(tmp_path / "data", f"BraTS-GLI-0000{number}-000", missing="t2f", seed=number, shape=shape)
+    write_case(tmp_path / "truth", "BraTS-GLI-00001-000", missing=None, seed=1, shape=shape)  # case 1 only
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for number in (1, 2):
+        case = f"BraTS-GLI-0000{number}-000"
+        source = tmp_path / "data" / case / f"{case}-t2w.nii.gz"
+        image = nib.load(source)
+        nib.save(nib.Nifti1Image(image.get_fdata() / 1000.0, image.affine), pred / f"{case}-t2f.nii.gz")
+    command = [
+        "qc",
+        str(pred),
+        str(tmp_path / "data"),
+        str(tmp_path / "qc"),
+        "--truth",
+        str(tmp_path / "truth"),
+    ]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "BraTS-GLI-00001-000  t2f  previewed\n" in result.output
+    truth_dir = tmp_path / "truth"
+    assert f"BraTS-GLI-00002-000  t2f  previewed: no truth in {truth_dir}, drawn with its inputs only\n" in (
+        result.output
+    )
+    page = (tmp_path / "qc" / "index.html").read_text()
+    from cwdm.evaluation.evaluate import evaluate
+
+    (scores,) = evaluate(pred, truth_dir).scores
+    assert f"{scores.full.psnr:.2f} dB / {scores.full.mse:.5f}" in page  # the truth folder's t2f
+    with (
+        Image.open(tmp_path / "qc" / "BraTS-GLI-00001-000-t2f.png") as with_truth,
+        Image.open(tmp_path / "qc" / "BraTS-GLI-00002-000-t2f.png") as inputs_only,
+    ):
+        assert with_truth.width > 1.3 * inputs_only.width  # truth and difference columns
+    assert f"truth {truth_dir}" in page
+
+
+def test_cli_qc_says_why_a_prediction_failed_on_its_line(tmp_path: Path) -> None:
+    write_case(tmp_path / "data", CASE, missing="t2f", seed=1)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / f"{CASE}-t2f.nii.gz").write_bytes(b"not a volume")
+    (pred / "BraTS-GLI-00009-000-t1n.nii.gz").write_bytes(b"no case")
+    result = CliRunner().invoke(app, ["qc", str(pred), str(tmp_path / "data"), str(tmp_path / "qc")])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    (broken,) = [line for line in lines if line.startswith(f"{CASE}  t2f  failed: ")]
+    assert "cannot" in broken and f"{CASE}-t2f.nii.gz" in broken
+    (orphan,) = [line for line in lines if line.startswith("BraTS-GLI-00009-000  t1n  failed: ")]
+    assert f"no case folder BraTS-GLI-00009-000 in {tmp_path / 'data'}" in orphan and "--truth" in orphan
+
+
+def test_cli_qc_names_the_weights_the_predictions_record(tmp_path: Path) -> None:
+    """Without --weights the sheet's header names each checkpoint the previewed predictions' provenance
+    records hold (file name, first 12 hex digits of its SHA-256), and counts those without a record."""
+    weights_dir = write_tiny_weights(tmp_path / "weights")
+    write_case(tmp_path / "data", "BraTS-GLI-00001-000", missing="t2f", seed=1)
+    write_case(tmp_path / "data", "BraTS-GLI-00002-000", missing="t1c", seed=2)
+    write_case(tmp_path / "data", "BraTS-GLI-00003-000", missing="t2f", seed=3)
+    out = tmp_path / "out"
+    infer = ["infer", str(tmp_path / "data"), str(out), "--weights", str(weights_dir), "--device", "cpu"]
+    assert CliRunner().invoke(app, infer).exit_code == 0
+    recorded = out / "BraTS-GLI-00003-000-t2f.nii.gz"  # replaced by a copy without a record
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(recorded).dataobj), nib.load(recorded).affine), recorded)
+    result = CliRunner().invoke(app, ["qc", str(out), str(tmp_path / "data"), str(tmp_path / "qc")])
+    assert result.exit_code == 0, result.output
+    expected = ", ".join(
+        f"{name} (sha256 {_sha(weights_dir / name)[:12]})" for name in ("t1c.safetensors", "t2f.safetensors")
+    )
+    page = (tmp_path / "qc" / "index.html").read_text()
+    assert f"weights: {expected}; 1 prediction without a record;" in page
+
+    named = ["qc", str(out), str(tmp_path / "data"), str(tmp_path / "qc2"), "--weights", "my weights"]
+    assert CliRunner().invoke(app, named).exit_code == 0
+    assert "weights: my weights;" in (tmp_path / "qc2" / "index.html").read_text()
+
+
+def test_recorded_weights_lists_each_distinct_checkpoint() -> None:
+    from cwdm.qc.run import recorded_weights
+
+    one, other = {"file": "t2f.pt", "sha256": "a" * 64}, {"file": "t2f.pt", "sha256": "b" * 64}
+    assert recorded_weights([{"model": one}, {"model": one}]) == f"t2f.pt (sha256 {'a' * 12})"
+    assert recorded_weights([{"model": other}, {"model": one}, None, None]) == (
+        f"t2f.pt (sha256 {'a' * 12}), t2f.pt (sha256 {'b' * 12}); 2 predictions without a record"
+    )
+    assert recorded_weights([None]) == "not recorded in the predictions"

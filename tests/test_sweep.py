@@ -319,3 +319,62 @@ def test_a_busy_machine_is_seen_and_warned(monkeypatch: pytest.MonkeyPatch) -> N
     row = SweepRow("s", SweepSetting(), "a", "t1n", 4.0, timing=Timing(4.0, (4.0,), 2.0, 0.5))
     assert any("**Warning**" in line for line in sweep_report.timing_notes([row], cpus=2))
     assert not any("**Warning**" in line for line in sweep_report.timing_notes([row], cpus=16))
+
+
+def _summary(
+    sampler: str, steps: int, spacing: str, seconds: float, psnr: float, **extra: object
+) -> SettingSummary:
+    fields = SweepSetting(sampler=sampler, sampling_steps=steps, timestep_spacing=spacing, **extra)
+    scores = {"full_psnr": psnr, "full_ssim": psnr / 30}
+    return SettingSummary(fields.name, fields, 4, seconds, scores, pareto_psnr=True, pareto_ssim=True)
+
+
+def _legend_texts(figure) -> list[str]:  # noqa: ANN001
+    (legend,) = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+    return [text.get_text() for text in legend.get_texts()]
+
+
+def test_the_plot_legend_lists_only_what_the_plot_shows() -> None:
+    """Settings at 5-9 s a case of one kind: the legend has that kind and the front, the reference lines
+    only where a score of theirs is drawn, and the title explains only the point labels present."""
+    summaries = [
+        _summary("ddim", steps, "trailing", 4.0 + steps, 25.0 + steps / 10) for steps in (1, 2, 3, 4)
+    ]
+    figure = sweep_report.draw(summaries, "t")
+    assert _legend_texts(figure) == ["DDIM, trailing", "Pareto front"]
+    assert figure._suptitle.get_text() == "t (labels: sampling steps)"
+
+    nan = float("nan")
+    references = {
+        "real": {"full_psnr": nan, "full_ssim": nan},
+        "copy-t2w": {"full_psnr": 21.0, "full_ssim": 0.8},
+    }
+    mixed = [*summaries, _summary("ddpm", 2, "linspace", 6.5, 24.0, samples=4)]
+    figure = sweep_report.draw(mixed, "t", references)
+    assert _legend_texts(figure) == [
+        "DDIM, trailing",
+        "DDPM, linspace",
+        "several draws",
+        "Pareto front",
+        "best copy baseline",  # the real case has no PSNR or SSIM here: no line, no entry
+    ]
+    assert figure._suptitle.get_text() == "t (labels: sampling steps; xK: K draws averaged)"
+    psnr_axis = figure.axes[0]
+    drawn = sorted(line.get_ydata()[0] for line in psnr_axis.get_lines() if len(set(line.get_ydata())) == 1)
+    assert drawn == [21.0]  # the copy's line, and no other horizontal line
+    assert [tick.get_text() for tick in psnr_axis.get_xticklabels()] == ["4", "5", "6", "7", "8", "9", "10"]
+
+    skip = {"missing": {"full_psnr": 20.0, "full_ssim": 0.7}}  # the case segmented without the sequence
+    assert _legend_texts(sweep_report.draw(summaries, "t", skip))[-1] == "sequence left out (skip synthesis)"
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "ticks"),
+    [
+        (0.5, 300.0, [0.5, 1, 2, 5, 10, 20, 50, 100, 200]),
+        (3.9, 11.4, [4, 5, 6, 7, 8, 9, 10]),
+        (0.24, 0.47, [0.25, 0.3, 0.35, 0.4, 0.45]),
+    ],
+)
+def test_the_seconds_axis_has_at_least_three_round_ticks(low: float, high: float, ticks: list[float]) -> None:
+    assert sweep_report._seconds_ticks(low, high) == pytest.approx(ticks)

@@ -14,6 +14,7 @@ and ``run_args.command`` are mapped the same way.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -282,3 +283,42 @@ def test_entry_point_keeps_typer_multi_command(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout == ""
     result = _run_entry_point(["--help"], tmp_path, default_weights=None)
     assert "infer" in result.stdout and "hotfix" in result.stdout
+
+
+def _checkout_command() -> list[str]:
+    """The entry point's command for a checkout, as docs/DEPLOYMENT.md gives it."""
+    text = (REPO / "docs" / "DEPLOYMENT.md").read_text()
+    (command,) = re.findall(
+        r"^(python project/mlcube\.py infer .*?)\n```", text, flags=re.MULTILINE | re.DOTALL
+    )
+    return shlex.split(command.replace("\\\n", " "))
+
+
+def test_the_documented_checkout_command_runs_outside_the_image(tmp_path: Path) -> None:
+    """From the repository's root, with no image variables: the doc's command runs the demo weights (each
+    output's record names a demo checkpoint and its SHA-256); without --weights the error says what to
+    pass."""
+    data = tmp_path / "data"
+    write_case(data, "BraTS-GLI-00001-000", missing="t2f", seed=1, shape=(32, 32, 32))
+    out = tmp_path / "predictions"
+    python, script, *args = _checkout_command()
+    assert (python, script) == ("python", "project/mlcube.py") and "--weights=weights/demo" in args
+    values = {"--data_path": str(data), "--output_path": str(out)}
+    args = [f"{a.split('=')[0]}={values[a.split('=')[0]]}" if a.split("=")[0] in values else a for a in args]
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "HOME": str(tmp_path)}  # no CWDM_* variables
+    run = subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    from cwdm.inference.provenance import read_record, sha256_file
+
+    record = read_record(out / "BraTS-GLI-00001-000-t2f.nii.gz")
+    assert record is not None and record["model"]["file"] == "t2f.safetensors"
+    assert record["model"]["sha256"] == sha256_file(REPO / "weights" / "demo" / "t2f.safetensors")
+    assert list(tmp_path.glob("cwdm-*-report.json"))  # the report under $TMPDIR
+
+    without = [a for a in args if not a.startswith("--weights")]
+    run = subprocess.run(
+        [sys.executable, script, *without], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 2 and "--weights=weights/demo" in run.stderr

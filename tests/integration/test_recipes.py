@@ -57,7 +57,7 @@ def test_the_slurm_array_script_runs_and_its_reports_merge(tmp_path: Path, tiny_
     assert names == [f"part-{i}-job41.json" for i in range(tasks)]
     merged = subprocess.run(["bash", str(MERGE)], env=env, capture_output=True, text=True)
     assert merged.returncode == 0, merged.stdout + merged.stderr
-    assert f"3 cases from {tasks} part(s): 3 written" in merged.stdout
+    assert f"3 of 3 cases from {tasks} part(s): 3 written" in merged.stdout
     assert json.loads((reports / "merged.json").read_text())["counts"]["written"] == 3
     assert sum(len(json.loads(r.read_text())["cases"]) for r in reports.glob("part-*.json")) == 3
 

@@ -21,7 +21,7 @@ weights_app = typer.Typer(
 app.add_typer(weights_app, name="weights")
 
 
-@weights_app.command("check")
+@weights_app.command("check", short_help="Check that every target's checkpoint loads.")
 def weights_check(
     directory: Annotated[
         Path, typer.Argument(help="Weights directory: a checkpoint per target, model.yaml.")
@@ -38,7 +38,7 @@ def weights_check(
     raise typer.Exit(0 if report.ok else 1)
 
 
-@weights_app.command("fetch")
+@weights_app.command("fetch", short_help="Download the published checkpoints, then check them.")
 def weights_fetch(
     dest: Annotated[Path, typer.Argument(help="Weights directory to fill.")],
     repo: Annotated[str, typer.Option(help="HuggingFace repository.")] = "pfriedri/cwdm",
@@ -66,7 +66,7 @@ report_app = typer.Typer(
 app.add_typer(report_app, name="report")
 
 
-@report_app.command("merge")
+@report_app.command("merge", short_help="One report and one exit status for a split run.")
 def report_merge(
     reports: Annotated[list[Path], typer.Argument(help="The report of every part (cwdm infer --num-parts).")],
     out: Annotated[Path | None, typer.Option(help="Write the merged report (JSON) here.")] = None,
@@ -83,8 +83,7 @@ def report_merge(
         raise fail(exc) from exc
     if out is not None:
         write_atomic(out, json.dumps(merged.to_dict(), indent=2) + "\n")
-    parts = "" if merged.num_parts is None else f" from {merged.num_parts} part(s)"
-    typer.echo(f"{len(merged.cases)} cases{parts}: {merged.counts_text()}")
+    typer.echo(merged.headline())
     if merged.missing_parts:
         typer.echo(f"missing parts (no report): {', '.join(map(str, merged.missing_parts))}")
     for index, why in merged.unfinished_parts.items():
@@ -99,7 +98,7 @@ def report_merge(
     raise typer.Exit(merged.exit_code)
 
 
-@app.command("heldout")
+@app.command("heldout", short_help="Draw the held-out cases of a training, reproducibly.")
 def heldout(
     data: Annotated[
         Path, typer.Argument(help="Folder of complete cases (those with a -seg file are candidates).")

@@ -32,7 +32,7 @@ log = logging.getLogger("cwdm")
 STEP_LOG_POINTS = 10
 
 
-@app.command()
+@app.command(short_help="Synthesise the missing sequence of every case in a folder.")
 def infer(
     data: Annotated[
         Path,

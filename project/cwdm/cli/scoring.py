@@ -6,19 +6,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from ..choices import LabelConventionName, ProtocolName
 from ..errors import CwdmError
+
+if TYPE_CHECKING:
+    from ..evaluation.results import PredictionOutcome
 from .app import Verbose, app, fail
 from .logs import setup_logging
 
 log = logging.getLogger("cwdm")
 
 
-@app.command()
+@app.command(short_help="Score predictions against the complete cases.")
 def evaluate(
     pred_dir: Annotated[Path, typer.Argument(help="Predictions, <case>-<seq>.nii.gz (the output folder).")],
     truth_dir: Annotated[Path, typer.Argument(help="Complete cases, <case>/<case>-<seq>.nii.gz.")],
@@ -67,8 +70,9 @@ def evaluate(
     inside and outside the tumour. --baseline adds the challenge's dummy: each present sequence copied
     into the missing slot. --segmenter adds the downstream half: the Dice of WT, TC and ET of the completed
     case's segmentation against the ground-truth labels, with the real complete case as the ceiling.
-    The table prints means per target and source; --csv keeps every score. A prediction that cannot
-    be scored is reported and the others go on (exit 1). Progress is logged per prediction."""
+    The table prints means per target and source; --csv keeps every score. A prediction whose case has
+    no ground truth in TRUTH_DIR is listed as "no truth": not scored, not a failure. A prediction that
+    cannot be scored is reported and the others go on (exit 1). Progress is logged per prediction."""
     import time
 
     from ..evaluation.evaluate import evaluate as evaluate_predictions
@@ -84,15 +88,17 @@ def evaluate(
             " (segmenting each case: minutes a case on a CPU)" * bool(segmenter),
         )
 
-    def scored(case_id: str, target: object) -> None:
+    def processed(outcome: PredictionOutcome) -> None:
         progress["done"] += 1
         elapsed = time.perf_counter() - progress["start"]
+        what = {"scored": "scored", "no truth": f"no truth ({outcome.detail})", "failed": "failed"}
         log.info(
-            "%d of %d: %s (%s) scored; %.0f s so far",
+            "%d of %d: %s (%s) %s; %.0f s so far",
             progress["done"],
             progress["total"],
-            case_id,
-            target,
+            outcome.case_id,
+            outcome.target,
+            what[outcome.status],
             elapsed,
         )
 
@@ -107,7 +113,7 @@ def evaluate(
                 truth_labels,
                 lesion_wise,
                 baseline,
-                scored,
+                processed,
                 started,
             )
             evaluation = result.evaluation
@@ -118,7 +124,7 @@ def evaluate(
                 truth_dir,
                 baseline=baseline,
                 downstream=downstream,
-                on_case=scored,
+                on_case=processed,
                 on_start=started,
             )
     except CwdmError as exc:
@@ -128,6 +134,15 @@ def evaluate(
     if evaluation.scores:
         typer.echo(result.summary_table())
         _echo_verdicts(evaluation)
+    elif evaluation.no_truth:
+        typer.secho(
+            f"nothing scored: no prediction has its ground truth in {truth_dir}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+    if evaluation.no_truth:
+        typer.echo(evaluation.no_truth_text())
+    typer.echo(evaluation.counts_text())
     if csv is not None:
         typer.echo(f"csv: {result.write_csv(csv)}")
     raise typer.Exit(result.exit_code)
@@ -158,7 +173,7 @@ def _evaluate_protocol(
     truth_labels: str | None,
     lesion_wise: bool,
     baseline: bool,
-    on_case: Callable[[str, object], None],
+    on_case: Callable[[PredictionOutcome], None],
     on_start: Callable[[int], None],
 ):  # noqa: ANN202 (a ProtocolEvaluation, imported lazily)
     """``cwdm evaluate --protocol``: the year's preset, its segmenter given with ``--segmenter``."""
@@ -179,7 +194,7 @@ def _evaluate_protocol(
         truth_convention=truth_labels,  # type: ignore[arg-type]
         extra=extra,
         baseline=baseline,
-        on_case=on_case,  # type: ignore[arg-type]
+        on_case=on_case,
         on_start=on_start,
     )
 
@@ -207,7 +222,7 @@ def _downstream_scorer(
     return DownstreamScorer(open_segmenter(segmenter), segmentations, truth_labels, extra)  # type: ignore[arg-type]
 
 
-@app.command("drop-sequence")
+@app.command("drop-sequence", short_help="Make a pseudo-validation folder, as the organisers do.")
 def drop_sequence(
     src: Annotated[Path, typer.Argument(help="Complete cases (read only).")],
     dst: Annotated[
@@ -234,13 +249,20 @@ def drop_sequence(
         typer.echo(f"skipped {path}: not a case folder or not a file")
 
 
-@app.command()
+@app.command(short_help="Previews and a contact sheet of predictions already written.")
 def qc(
     pred_dir: Annotated[Path, typer.Argument(help="Predictions, <case>-<seq>.nii.gz (any tool's).")],
     data_dir: Annotated[
         Path, typer.Argument(help="The case folders they were made from (or complete ones).")
     ],
     out: Annotated[Path, typer.Argument(help="QC folder: a preview per prediction and index.html.")],
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Complete cases, <case>/<case>-<seq>.nii.gz: where one holds a prediction's real sequence, "
+            "its card shows the truth and the difference map; the others show their inputs only."
+        ),
+    ] = None,
     segmenter: Annotated[
         str | None,
         typer.Option(
@@ -256,12 +278,19 @@ def qc(
         ),
     ] = "neurological",
     weights: Annotated[
-        str, typer.Option(help="The weights that made the predictions, named in the sheet's header.")
+        str,
+        typer.Option(
+            help="The weights that made the predictions, named in the sheet's header.",
+            show_default="the checkpoints the predictions' headers record",
+        ),
     ] = "",
     verbose: Verbose = False,
 ) -> None:
-    """Previews of predictions already written, and their contact sheet (OUT/index.html); where DATA
-    holds the real sequence, each card also shows the difference map and PSNR/MSE."""
+    """Previews of predictions already written, and their contact sheet (OUT/index.html); where the
+    real sequence is known (DATA holds complete cases, or --truth does), each card also shows the
+    truth, the difference map and PSNR/MSE. One line per prediction: its status, and why when it
+    failed or has no truth."""
+    from ..inference.provenance import read_record
     from ..qc.run import qc_folder
     from ..segmentation.spec import open_segmenter
 
@@ -271,10 +300,12 @@ def qc(
             pred_dir,
             data_dir,
             out,
-            on_case=lambda e: typer.echo(f"{e.case_id}  {e.target or '-'}  {e.status}"),
+            truth_dir=truth,
+            on_case=lambda entry: typer.echo(entry.line()),
             segmenter=None if segmenter is None else open_segmenter(segmenter),
             convention=convention,
             weights=weights,
+            read_record=read_record,
         )
     except CwdmError as exc:
         raise fail(exc) from exc

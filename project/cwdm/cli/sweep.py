@@ -17,7 +17,7 @@ from .logs import setup_logging
 log = logging.getLogger("cwdm")
 
 
-@app.command()
+@app.command(short_help="Time and score sampling settings on complete cases.")
 def sweep(
     cases: Annotated[
         Path, typer.Argument(help="Complete cases (all four sequences; -seg used when present).")

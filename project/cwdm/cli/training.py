@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cwdm")
 
 
-@app.command()
+@app.command(short_help="Train the denoisers, one target after another.")
 def train(
     data: Annotated[
         Path, typer.Argument(help="Training folder: one sub-folder per case, all four sequences.")
@@ -199,7 +199,7 @@ segmenter_app = typer.Typer(
 app.add_typer(segmenter_app, name="segmenter")
 
 
-@segmenter_app.command("train")
+@segmenter_app.command("train", short_help="Train the reference segmenter (MONAI SegResNet).")
 def segmenter_train(
     data: Annotated[
         Path, typer.Argument(help="Training folder: complete cases with a <case>-seg.nii.gz each.")

@@ -8,282 +8,47 @@ baseline" copies a present sequence as the missing one; the copy is normalised l
 so it is scored on the same [0, 1] scale as a prediction (:func:`baseline_scores`; the organisers'
 SSIM normalises it by its own percentiles, as it does a prediction).
 
-One bad prediction never stops the others: it becomes an :class:`EvaluationFailure`.
+One bad prediction never stops the others: it becomes an ``EvaluationFailure``. A prediction whose case
+has no ground truth in the truth folder (a pseudo-validation set may come with the truth of some cases
+only) is no failure: it is listed apart, as a ``NoTruth``. Those records, and the :class:`Evaluation`
+that holds them with its tables and CSV, are :mod:`cwdm.evaluation.results`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_atomic
 from ..cases.discovery import Case, read_case
 from ..cases.preprocessing import normalise
 from ..cases.reader import read_case_file, read_segmentation
 from ..cases.volumes import Volume, same_grid
 from ..errors import CaseError, CwdmError, ShapeError
-from ..segmentation.labels import DICE_COLUMNS
 from ..sequences import MRISequence, condition_order
-from .brasyn import BraSynScores, brasyn_scores
+from .brasyn import brasyn_scores
 from .downstream import DownstreamScorer, DownstreamScores
-from .lesionwise import LESION_DICE_COLUMNS
-from .metrics import METRICS, REGIONS, Scores, score_volumes
+from .metrics import score_volumes
+from .results import (
+    MISSING,
+    PREDICTION,
+    REAL,
+    CaseScores,
+    Evaluation,
+    EvaluationFailure,
+    NoTruth,
+    PredictionOutcome,
+    sorted_scores,
+)
 
 log = logging.getLogger(__name__)
 
-#: The ``source`` of scores of the evaluated predictions (baseline rows are ``copy-<seq>``).
-PREDICTION = "prediction"
-#: The ``source`` of the real complete case's segmentation scores (the downstream ceiling).
-REAL = "real"
-#: The ``source`` of the case segmented with the missing sequence left out (the skip-synthesis baseline).
-MISSING = "missing"
-#: The organisers' two numbers, as CSV columns.
-BRASYN_COLUMNS = ("brasyn_ssim_tumor", "brasyn_ssim_non_tumor")
-#: Dice of the segmentation of the completed case (:mod:`cwdm.evaluation.downstream`), then the official
-#: BraTS metrics' lesion-wise Dice where that optional package ran.
-DOWNSTREAM_COLUMNS = (*DICE_COLUMNS, *LESION_DICE_COLUMNS)
-
 _PREDICTION_NAME = re.compile(r"^(?P<case>.+)-(?P<seq>t1n|t1c|t2w|t2f)\.nii(?:\.gz)?$")
-
-
-@dataclass(frozen=True)
-class CaseScores:
-    """The scores of one synthesised (or baseline-copied) sequence of one case.
-
-    Attributes:
-        case_id: The case folder name.
-        target: The sequence that was synthesised.
-        source: :data:`PREDICTION`, or ``copy-<seq>`` for the baseline that copies ``<seq>``.
-        regions: :class:`Scores` by region (``full`` and ``crop`` always; ``brain``, ``tumor`` when known).
-        brasyn: The organisers' SSIM inside and outside the tumour, when the case has a segmentation.
-        downstream: Dice of the completed case's segmentation by column (:data:`DOWNSTREAM_COLUMNS`),
-            when a segmenter ran.
-    """
-
-    case_id: str
-    target: MRISequence
-    source: str
-    regions: Mapping[str, Scores] = field(default_factory=dict)
-    brasyn: BraSynScores | None = None
-    downstream: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def full(self) -> Scores:
-        return self.regions["full"]
-
-    @property
-    def crop(self) -> Scores:
-        return self.regions["crop"]
-
-    def values(self, extra: Iterable[str] = ()) -> dict[str, float]:
-        """Every number by column name (:func:`columns`, then the ``extra`` columns of the segmentation's
-        further scores, such as :mod:`cwdm.evaluation.labelwise`'s); NaN where a region, a segmentation or
-        a score is missing."""
-        values = {
-            f"{region}_{metric}": getattr(self.regions[region], metric)
-            if region in self.regions
-            else math.nan
-            for region in REGIONS
-            for metric in METRICS
-        }
-        tumour, rest = (self.brasyn.tumor, self.brasyn.non_tumor) if self.brasyn else (math.nan, math.nan)
-        values |= dict(zip(BRASYN_COLUMNS, (tumour, rest), strict=True))
-        return values | {key: self.downstream.get(key, math.nan) for key in (*DOWNSTREAM_COLUMNS, *extra)}
-
-
-def columns() -> list[str]:
-    """The score columns of the CSV, in order: ``<region>_<metric>``, the organisers' two, the Dice."""
-    return (
-        [f"{region}_{metric}" for region in REGIONS for metric in METRICS]
-        + list(BRASYN_COLUMNS)
-        + list(DOWNSTREAM_COLUMNS)
-    )
-
-
-@dataclass(frozen=True)
-class EvaluationFailure:
-    """A prediction (or baseline) that could not be scored, and why.
-
-    Attributes:
-        case_id: The case, or the offending file name when it names no case.
-        target: The sequence, when known.
-        source: As in :class:`CaseScores`.
-        message: What is wrong, where, and what was expected.
-    """
-
-    case_id: str
-    target: MRISequence | None
-    source: str
-    message: str
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """Mean and sample standard deviation of each number over a group of :class:`CaseScores`.
-
-    Attributes:
-        source: The source the group belongs to.
-        target: A sequence tag, or ``"all"`` for every target of the source.
-        n: Number of scored cases.
-        mean: Mean by column (e.g. ``"crop_ssim"``), over the cases that have the number; NaN if none.
-        sd: Sample standard deviation (ddof 1) by the same keys; NaN for fewer than two values.
-        counts: How many cases each number was averaged over (fewer than ``n`` for the tumour numbers
-            when some cases have no segmentation).
-    """
-
-    source: str
-    target: str
-    n: int
-    mean: dict[str, float]
-    sd: dict[str, float]
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def _source_key(source: str) -> tuple[int, str]:
-    """Predictions first, the real case, then the baseline copies in canonical order (t1n, ..., t2f)."""
-    if source == PREDICTION:
-        return (0, source)
-    if source == REAL:
-        return (1, source)
-    if source == MISSING:
-        return (len(MRISequence) + 2, source)
-    tag = source.removeprefix("copy-")
-    order = [str(seq) for seq in MRISequence]
-    return (2 + order.index(tag), source) if tag in order else (len(order) + 2, source)
-
-
-_DOWNSTREAM_TITLES = [(key, "Dice") for key in DICE_COLUMNS] + [
-    (key, "lesion-wise Dice") for key in LESION_DICE_COLUMNS
-]
-#: The printed summary: the paper's protocol, then the regions and the organisers' score (columns, titles).
-_TABLES = (
-    [(f"{r}_{m}", f"{m.upper()} {r}") for r in ("full", "crop") for m in METRICS],
-    [(f"{r}_{m}", f"{m.upper()} {r}") for r in ("brain", "tumor") for m in ("psnr", "ssim")]
-    + [("brasyn_ssim_tumor", "BraSyn SSIM tumor"), ("brasyn_ssim_non_tumor", "BraSyn SSIM non-tumor")],
-    [(key, f"{prefix} {key.rsplit('_', 1)[1].upper()}") for key, prefix in _DOWNSTREAM_TITLES],
-)
-
-#: The title of every score column in the printed tables.
-COLUMN_TITLES = {key: title for table in _TABLES for key, title in table}
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Every score and every failure of an evaluation run.
-
-    Attributes:
-        scores: One record per scored (case, target, source), sorted.
-        failures: One record per prediction or baseline that could not be scored.
-        extra_columns: Further segmentation scores to report (column -> title in the printed tables),
-            after :func:`columns`: those the downstream scorer's ``extra`` adds beyond the Dice columns
-            (a protocol's per-label scores, :mod:`cwdm.evaluation.protocols`).
-    """
-
-    scores: tuple[CaseScores, ...]
-    failures: tuple[EvaluationFailure, ...]
-    extra_columns: Mapping[str, str] = field(default_factory=dict)
-
-    def score_columns(self) -> list[str]:
-        """The score columns of this evaluation's CSV and summary: :func:`columns`, then the extra ones."""
-        return [*columns(), *(key for key in self.extra_columns if key not in columns())]
-
-    @property
-    def exit_code(self) -> int:
-        """1 when anything could not be scored or nothing was, else 0 (``cwdm evaluate``'s status)."""
-        return 1 if self.failures or not self.scores else 0
-
-    def summary(self) -> list[SummaryRow]:
-        """Mean ± sd per source and target, then, for a source with several targets, over all of them
-        (``target="all"``)."""
-        rows = []
-        for source in sorted({s.source for s in self.scores}, key=_source_key):
-            of_source = [s for s in self.scores if s.source == source]
-            targets = [str(t) for t in sorted({s.target for s in of_source}, key=_canonical_index)]
-            for target in [*targets, "all"] if len(targets) > 1 else targets:
-                group = [s for s in of_source if target in ("all", str(s.target))]
-                keys = self.score_columns()
-                table = {key: np.array([s.values(self.extra_columns)[key] for s in group]) for key in keys}
-                known = {key: values[~np.isnan(values)] for key, values in table.items()}
-                rows.append(
-                    SummaryRow(
-                        source=source,
-                        target=target,
-                        n=len(group),
-                        mean={k: float(np.mean(v)) if len(v) else math.nan for k, v in known.items()},
-                        sd={
-                            k: float(np.std(v, ddof=1)) if len(v) > 1 else math.nan for k, v in known.items()
-                        },
-                        counts={k: len(v) for k, v in known.items()},
-                    )
-                )
-        return rows
-
-    def to_csv(self) -> str:
-        """One row per score and per failure: case, target, source, every number, error (empty cells
-        where a number does not apply)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        keys = self.score_columns()
-        writer.writerow(["case", "target", "source", *keys, "error"])
-        for s in self.scores:
-            values = s.values(self.extra_columns)
-            cells = ["" if math.isnan(values[key]) else repr(values[key]) for key in keys]
-            writer.writerow([s.case_id, s.target, s.source, *cells, ""])
-        for f in self.failures:
-            writer.writerow([f.case_id, f.target or "", f.source, *([""] * len(keys)), f.message])
-        return buffer.getvalue()
-
-    def write_csv(self, path: Path) -> Path:
-        """Write :meth:`to_csv` to ``path`` atomically (:func:`cwdm.atomic.write_atomic`)."""
-        return write_atomic(Path(path), self.to_csv())
-
-    def summary_table(self) -> str:
-        """The summary as aligned plain text, mean ± sd: the paper's protocol (full volume and crop), then,
-        when any case has them, the brain and tumour regions and the organisers' SSIM, the Dice, and the
-        extra columns (a number averaged over fewer cases than ``n`` shows its count as ``[k]``)."""
-        summary = self.summary()
-        tables = [*_TABLES, list(self.extra_columns.items())]
-        blocks = [
-            self.table(table, summary)
-            for index, table in enumerate(tables)
-            if table and not (index and all(row.counts[key] == 0 for row in summary for key, _ in table))
-        ]
-        return "\n\n".join(blocks)
-
-    def table(self, columns: Sequence[tuple[str, str]], summary: Sequence[SummaryRow] | None = None) -> str:
-        """One block of the summary: a row per source and target, a cell (mean ± sd) per ``(column,
-        title)`` of ``columns``; ``-`` where no case has the number."""
-        summary = self.summary() if summary is None else summary
-        header = ["source", "target", "n"] + [title for _, title in columns]
-        lines = [header]
-        for row in summary:
-            lines.append([row.source, row.target, str(row.n)] + [_cell(row, key) for key, _ in columns])
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        return "\n".join(
-            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
-        )
-
-
-def _cell(row: SummaryRow, key: str) -> str:
-    if row.counts[key] == 0:
-        return "-"
-    digits = 5 if key.endswith("mse") else 2 if key.endswith("psnr") or key.startswith("hd95") else 4
-    mean, sd = row.mean[key], row.sd[key]
-    text = f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
-    return text + (f" [{row.counts[key]}]" if row.counts[key] < row.n else "")
-
-
-def _canonical_index(seq: MRISequence) -> int:
-    return list(MRISequence).index(seq)
 
 
 # -- cases ----------------------------------------------------------------------------------------
@@ -412,13 +177,15 @@ def evaluate(
     *,
     baseline: bool = False,
     downstream: DownstreamScorer | None = None,
-    on_case: Callable[[str, MRISequence], None] | None = None,
+    on_case: Callable[[PredictionOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Score every prediction ``<case>-<seq>.nii.gz`` of ``pred_dir`` against ``truth_dir/<case>/``.
 
-    Each prediction is scored on its own: a missing ground truth, an unreadable file or a shape
-    mismatch becomes an :class:`EvaluationFailure` and the other predictions are still scored.
+    Each prediction is scored on its own: an unreadable file or a shape mismatch becomes an
+    :class:`EvaluationFailure` and the other predictions are still scored. A prediction whose case has no
+    folder in ``truth_dir``, or whose case folder has no file of the predicted sequence, is a
+    :class:`NoTruth`: not scored, and not a failure.
 
     Args:
         pred_dir: Folder of predictions (the pipeline's output folder).
@@ -429,7 +196,7 @@ def evaluate(
             the real case once per case (source :data:`REAL`), and with ``baseline`` each copy too. A
             segmenter that fails on a case is a failure of that case's Dice (source ``segmentation``);
             its image scores stand.
-        on_case: Called with the case id and target after each prediction is processed.
+        on_case: Called with each prediction's :class:`PredictionOutcome` once it is processed.
         on_start: Called with the number of predictions found, before the first is scored.
 
     Returns:
@@ -450,36 +217,74 @@ def evaluate(
     if on_start is not None:
         on_start(len(predictions))
     scores: list[CaseScores] = []
+    no_truth: list[NoTruth] = []
     for case_id, target, path in predictions:
+        outcome = PredictionOutcome(case_id, target, "scored")
         try:
-            truth_case = _truth_case(truth_dir, case_id)
-            seg = read_segmentation(truth_case)
-            scored = score_prediction(path, _truth_file(truth_case, target), case_id, seg)
+            absent = _absent_truth(Path(truth_dir), case_id, target)
+            if absent:
+                no_truth.append(NoTruth(case_id, target, path, absent))
+                outcome = replace(outcome, status="no truth", detail=absent)
+            else:
+                scores += _scores_of_prediction(
+                    path, truth_dir, case_id, target, baseline, downstream, failures
+                )
         except CaseError as exc:
             log.debug("not scored: %s", exc)
             failures.append(EvaluationFailure(case_id, target, PREDICTION, str(exc)))
-        else:
-            segmented = downstream is not None and seg is not None
-            if segmented:
-                scored = _with_downstream(
-                    scored, partial(downstream.completed, truth_case, target, path), failures
-                )
-                real = CaseScores(case_id, target, REAL)
-                scores.append(_with_downstream(real, partial(downstream.real, truth_case), failures))
-            scores.append(scored)
-            if baseline:
-                for copy in _baseline_or_failure(truth_case.folder, target, failures):
-                    if segmented:
-                        source = MRISequence(copy.source.removeprefix("copy-"))
-                        copy = _with_downstream(
-                            copy, partial(downstream.copy, truth_case, target, source), failures
-                        )
-                    scores.append(copy)
-                if segmented:
-                    scores += _missing_row(downstream, truth_case, target, failures)
+            outcome = replace(outcome, status="failed", detail=str(exc))
         if on_case is not None:
-            on_case(case_id, target)
-    return Evaluation(scores=tuple(_sorted(scores)), failures=tuple(failures))
+            on_case(outcome)
+    return Evaluation(scores=tuple(sorted_scores(scores)), failures=tuple(failures), no_truth=tuple(no_truth))
+
+
+def _absent_truth(truth_dir: Path, case_id: str, target: MRISequence) -> str:
+    """What of a prediction's ground truth ``truth_dir`` lacks: the case folder, or the target's file in
+    it; empty when the truth is there (or the case folder is unusable: a failure, for the reader to say).
+    """
+    folder = truth_dir / case_id
+    if not folder.is_dir():
+        return f"no case folder {folder}"
+    case = read_case(folder)
+    if not case.problems and target not in case.files:
+        return f"no {case_id}-{target}.nii.gz in {folder}"
+    return ""
+
+
+def _scores_of_prediction(
+    path: Path,
+    truth_dir: Path,
+    case_id: str,
+    target: MRISequence,
+    baseline: bool,
+    downstream: DownstreamScorer | None,
+    failures: list[EvaluationFailure],
+) -> list[CaseScores]:
+    """The scores of one prediction that has its ground truth: its own, and with ``downstream`` the real
+    case's, with ``baseline`` the copies'; failures of the Dice and the baselines go to ``failures``.
+
+    Raises:
+        CaseError: the prediction itself cannot be scored.
+    """
+    truth_case = _truth_case(truth_dir, case_id)
+    seg = read_segmentation(truth_case)
+    scored = score_prediction(path, _truth_file(truth_case, target), case_id, seg)
+    scores = []
+    segmented = downstream is not None and seg is not None
+    if segmented:
+        scored = _with_downstream(scored, partial(downstream.completed, truth_case, target, path), failures)
+        real = CaseScores(case_id, target, REAL)
+        scores.append(_with_downstream(real, partial(downstream.real, truth_case), failures))
+    scores.append(scored)
+    if baseline:
+        for copy in _baseline_or_failure(truth_case.folder, target, failures):
+            if segmented:
+                source = MRISequence(copy.source.removeprefix("copy-"))
+                copy = _with_downstream(copy, partial(downstream.copy, truth_case, target, source), failures)
+            scores.append(copy)
+        if segmented:
+            scores += _missing_row(downstream, truth_case, target, failures)
+    return scores
 
 
 def _with_downstream(
@@ -519,7 +324,3 @@ def _baseline_or_failure(
         log.debug("baseline not scored: %s", exc)
         failures.append(EvaluationFailure(case_dir.name, target, "baseline", str(exc)))
         return []
-
-
-def _sorted(scores: Iterable[CaseScores]) -> list[CaseScores]:
-    return sorted(scores, key=lambda s: (_source_key(s.source), s.case_id, _canonical_index(s.target)))

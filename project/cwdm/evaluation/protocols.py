@@ -5,7 +5,7 @@ evaluation CSV that hold them), which SSIM that was, which segmenter the organis
 cases (named only: the user supplies it through ``--segmenter``, nothing is downloaded here), which
 segmentation metrics they computed, and what of it cannot be reproduced offline. :func:`evaluate_protocol`
 scores a folder of predictions the way a preset says and returns a :class:`ProtocolEvaluation`: the
-usual :class:`~cwdm.evaluation.evaluate.Evaluation` (CSV, summary) with the year's own columns added
+usual :class:`~cwdm.evaluation.results.Evaluation` (CSV, summary) with the year's own columns added
 (per-label Dice and HD95 for 2025, :mod:`cwdm.evaluation.labelwise`) and a block that reads the year's
 numbers out, with the segmenter actually used and the notes.
 
@@ -39,11 +39,11 @@ from ..choices import ProtocolName
 from ..errors import ConfigError
 from ..segmentation.case import Segmenter
 from ..segmentation.labels import DICE_COLUMNS, ConventionName
-from ..sequences import MRISequence
 from .downstream import DownstreamScorer, ExtraScores, combined_scores
-from .evaluate import BRASYN_COLUMNS, COLUMN_TITLES, Evaluation, evaluate
+from .evaluate import evaluate
 from .labelwise import LABEL_COLUMNS, LABEL_TITLES, LabelScores
 from .lesionwise import LESION_DICE_COLUMNS
+from .results import BRASYN_COLUMNS, COLUMN_TITLES, Evaluation, PredictionOutcome
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def evaluate_protocol(
     truth_convention: ConventionName | None = None,
     extra: ExtraScores | None = None,
     baseline: bool = False,
-    on_case: Callable[[str, MRISequence], None] | None = None,
+    on_case: Callable[[PredictionOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ProtocolEvaluation:
     """Score every prediction of ``pred_dir`` against ``truth_dir`` as ``protocol`` says.

@@ -18,7 +18,7 @@ from ..segmentation.labels import DICE_COLUMNS
 from ..sequences import CANONICAL_ORDER
 from .stats import Interval, bootstrap_mean, paired_difference
 
-#: The sources a verdict reads, as :mod:`cwdm.evaluation.evaluate` names them.
+#: The sources a verdict reads, as :mod:`cwdm.evaluation.results` names them.
 PREDICTION, REAL, MISSING = "prediction", "real", "missing"
 REGION_TITLES = {"dice_wt": "WT", "dice_tc": "TC", "dice_et": "ET"}
 

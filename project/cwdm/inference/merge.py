@@ -2,8 +2,9 @@
 
 Each part of a split run (:mod:`cwdm.inference.split`) writes its own JSON report. :func:`merge_reports`
 reads them back and says, for the whole run: which parts are missing (no report) or unfinished (stopped
-by a signal, or with cases another process still held), each case's outcome, the counts, and an exit
-status that is 0 only when every part reported, none is unfinished and every case has its output.
+by a signal, or with cases another process still held), how many of the folder's cases no report
+accounts for, each case's outcome, the counts, and an exit status that is 0 only when every part
+reported, none is unfinished and every case has its output.
 Reports of processes that were not split (several runs on one folder) merge too: each case keeps its
 best outcome, and a case written by two processes is listed under ``written_twice``.
 """
@@ -36,6 +37,8 @@ class MergedReport:
         cases: One record per case (from the report where its outcome stands), sorted by case id.
         written_twice: Cases that more than one process wrote.
         problems: Other inconsistencies (parts that saw different numbers of cases, ...).
+        cases_total: The number of cases in the folder, as the parts' reports record it (the largest,
+            if they differ); ``None`` for reports of runs that were not split.
     """
 
     sources: tuple[Path, ...]
@@ -45,25 +48,48 @@ class MergedReport:
     cases: tuple[dict[str, Any], ...] = ()
     written_twice: dict[str, list[str]] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
+    cases_total: int | None = None
 
     def count(self, status: str) -> int:
         return sum(case["status"] == status for case in self.cases)
 
     @property
+    def unaccounted(self) -> int | None:
+        """How many of the folder's cases no report names (the cases of the missing parts, usually);
+        ``None`` when the folder's count is not recorded."""
+        return None if self.cases_total is None else max(self.cases_total - len(self.cases), 0)
+
+    @property
     def exit_code(self) -> int:
-        """0 when every part reported and finished and every case that needs an output has it; else 1."""
-        if self.missing_parts or self.unfinished_parts or self.problems:
+        """0 when every part reported and finished, every case of the folder is in a report, and every
+        case that needs an output has it; else 1."""
+        if self.missing_parts or self.unfinished_parts or self.problems or self.unaccounted:
             return 1
         return exit_status(case["status"] for case in self.cases)
 
     def counts_text(self) -> str:
         return counts_text(case["status"] for case in self.cases)
 
+    def headline(self) -> str:
+        """``7 of 10 cases from 3 part(s): 7 written, ...; 3 unaccounted for (no report of part 2)``: the
+        merge's first line."""
+        reported = len(self.cases)
+        of = "" if self.cases_total is None else f" of {self.cases_total}"
+        parts = "" if self.num_parts is None else f" from {self.num_parts} part(s)"
+        text = f"{reported}{of} cases{parts}: {self.counts_text()}"
+        if self.unaccounted:
+            missing = ", ".join(map(str, self.missing_parts))
+            why = f"no report of part {missing}" if self.missing_parts else "in no part's report"
+            text += f"; {self.unaccounted} unaccounted for ({why})"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "merged_from": [str(path) for path in self.sources],
             "exit_code": self.exit_code,
             "num_parts": self.num_parts,
+            "cases_total": self.cases_total,
+            "cases_unaccounted": self.unaccounted,
             "missing_parts": list(self.missing_parts),
             "unfinished_parts": {str(k): v for k, v in self.unfinished_parts.items()},
             "written_twice": self.written_twice,
@@ -178,6 +204,7 @@ def merge_reports(paths: Sequence[Path]) -> MergedReport:
     unfinished: dict[int, str] = {}
     problems: list[str] = []
     totals = {report["part"].get("cases_total") for _, report in reports if report.get("part")}
+    known = [total for total in totals if total is not None]
     if len(totals) > 1:
         problems.append(
             f"the parts saw different numbers of cases ({sorted(t for t in totals if t is not None)}): "
@@ -210,6 +237,7 @@ def merge_reports(paths: Sequence[Path]) -> MergedReport:
         cases=tuple(best[case_id] for case_id in sorted(best)),
         written_twice={case_id: names for case_id, names in sorted(writers.items()) if len(names) > 1},
         problems=tuple(problems),
+        cases_total=max(known) if known else None,
     )
 
 

@@ -1,6 +1,9 @@
 """The contact sheet of a run: one ``index.html`` with every case, its target, status, time, uncertainty
-and preview, failed cases with their error. Self-contained: inline style, images by relative path, no
-script and nothing fetched from the network, so it opens from a mounted folder on an offline machine.
+and preview, failed cases with their error. Each preview is shown at its own size (one image pixel a
+screen pixel, smaller only in a narrower window), so its labels and fine structures read without a
+click; a card is as wide as its preview, its text wrapped to that width. Self-contained: inline style,
+images by relative path, no script and nothing fetched from the network, so it opens from a mounted
+folder on an offline machine.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ SHEET_NAME = "index.html"
 _STYLE = """
 body { font-family: sans-serif; background: #111; color: #ddd; margin: 1.5em; }
 h1 { font-size: 1.2em; } p.meta { color: #999; font-size: 0.9em; }
-.grid { display: flex; flex-wrap: wrap; gap: 1em; }
-.card { background: #222; border-radius: 6px; padding: 0.6em; width: 420px; }
-.card img { width: 100%; border-radius: 4px; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.card { background: #222; border-radius: 6px; padding: 0.6em; width: min-content; min-width: 420px; }
+.card img { display: block; max-width: calc(100vw - 5em); height: auto; border-radius: 4px; }
 .card h2 { font-size: 0.95em; margin: 0.2em 0 0.4em; }
 .status { font-weight: bold; } .written, .skipped, .previewed { color: #7c7; }
 .failed, .missing { color: #f77; } .ignored, .interrupted { color: #fc6; }
@@ -61,6 +64,13 @@ class SheetEntry:
     error: str | None = None
     notes: tuple[str, ...] = ()
     scores: tuple[tuple[str, str], ...] = ()
+
+    def line(self) -> str:
+        """The entry as one plain line: ``<case>  <target>  <status>``, then why it failed (or was
+        ignored) and its notes, so that a log file says as much as the card."""
+        why = [text for text in (self.error, *self.notes) if text]
+        details = "; ".join(text.replace("\n", " ") for text in why)
+        return f"{self.case_id}  {self.target or '-'}  {self.status}" + (f": {details}" if details else "")
 
 
 #: On every sheet: the pictures are of synthesised images.

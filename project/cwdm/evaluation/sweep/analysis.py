@@ -22,7 +22,7 @@ import numpy as np
 from ...atomic import write_atomic
 from ...config import SweepSetting
 from ...segmentation.labels import DICE_COLUMNS
-from ..evaluate import REAL, columns
+from ..results import REAL, columns
 from ..timing import Timing
 
 #: The CSV's columns of a setting, before the scores (the setting's name, then its fields).

@@ -13,7 +13,7 @@ from ...atomic import write_atomic
 from ...config import SweepSetting
 from ...segmentation.labels import DICE_COLUMNS
 from ...sequences import CANONICAL_ORDER
-from ..evaluate import MISSING, REAL
+from ..results import MISSING, REAL
 from ..timing import BUSY_SHARE
 from .analysis import (
     SUMMARY_SCORES,
@@ -66,7 +66,18 @@ def markdown_table(summaries: Sequence[SettingSummary]) -> str:
     return "\n".join(lines)
 
 
-_ROUND_SECONDS = [m * 10.0**e for e in range(-2, 6) for m in (1, 2, 5)]
+def _seconds_ticks(low: float, high: float) -> list[float]:
+    """Ticks of the seconds axis between ``low`` and ``high``: the round 1, 2, 5 series, or, over a range
+    too narrow for three of them, every whole multiple of the decade (4, 5, 6, ... 10, 20), or every half
+    (0.25, 0.3, 0.35, ...)."""
+    for multiples in ((1, 2, 5), tuple(range(1, 10)), tuple(m / 2 for m in range(2, 20))):
+        ticks = [round(m * 10.0**e, 6) for e in range(-3, 7) for m in multiples]
+        ticks = sorted({t for t in ticks if low <= t <= high})
+        if len(ticks) >= 3:
+            return ticks
+    return ticks
+
+
 #: Marker and colour of a sampler and spacing in the plots (and their legend entries).
 _KINDS = {
     ("ddim", "trailing"): ("o", "tab:blue", "DDIM, trailing"),
@@ -82,12 +93,24 @@ def plot(
     title: str,
     references: dict[str, dict[str, float]] | None = None,
 ) -> Path:
+    """:func:`draw` the plot and write it as a PNG (atomically); returns ``path``."""
+    buffer = io.BytesIO()
+    draw(summaries, title, references).savefig(buffer, format="png", dpi=110)
+    return write_atomic(Path(path), buffer.getvalue())
+
+
+def draw(
+    summaries: Sequence[SettingSummary],
+    title: str,
+    references: dict[str, dict[str, float]] | None = None,
+):  # noqa: ANN201 (a matplotlib Figure; matplotlib is imported only when a plot is drawn)
     """Score against seconds per case (log scale), one point per setting, the Pareto front drawn: PSNR
     and SSIM, and where the rows have Dice a second row with Dice of WT, TC and ET. ``references``
-    adds the real case (the ceiling) and the best copy baseline as lines. The legend lists only the
-    kinds of point the plot holds."""
+    adds the real case (the ceiling) and the best copy baseline as lines, where they have the score.
+    The legend lists only what the plot shows (kinds of point, lines), and the title explains only the
+    point labels present."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     with_dice = any(math.isfinite(s.scores.get(k, math.nan)) for s in summaries for k in DICE_COLUMNS)
     panels = [("full_psnr", "PSNR (dB), full volume"), ("full_ssim", "SSIM, full volume")]
@@ -100,31 +123,25 @@ def plot(
     references = references or {}
     copies = {k: v for k, v in references.items() if k not in (REAL, MISSING)}
     skipped = {k: v for k, v in references.items() if k == MISSING}
-    kinds_seen: set[tuple[str, str]] = set()
-    hollow_seen = False
+    fields = [s.fields or SweepSetting() for s in summaries]
+    kinds_seen = {(f.sampler, f.timestep_spacing) for f in fields}
+    lines_drawn: set[str] = set()
+    low, high = min(s.seconds for s in summaries) / 1.3, max(s.seconds for s in summaries) * 1.3
+    ticks = _seconds_ticks(low, high)
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for s in summaries:
-            f = s.fields or SweepSetting()
-            kind = (f.sampler, f.timestep_spacing)
-            kinds_seen.add(kind)
-            marker, colour, _ = _KINDS[kind]
-            hollow = f.samples != 1 or f.postprocess != "brain_mask"
-            hollow_seen |= hollow
+        for s, f in zip(summaries, fields, strict=True):
+            marker, colour, _ = _KINDS[(f.sampler, f.timestep_spacing)]
             ax.scatter(
                 s.seconds,
                 s.scores[key],
                 marker=marker,
                 edgecolors=colour,
-                facecolors="none" if hollow else colour,
+                facecolors="none" if _hollow(f) else colour,
                 s=36,
                 zorder=3,
             )
-            tag = str(f.sampling_steps) + (" bf16" if f.precision == "bf16" else "")
-            tag += (f" x{f.samples}" if f.samples != 1 else "") + (
-                " thr" if f.postprocess == "threshold" else ""
-            )
             ax.annotate(
-                tag, (s.seconds, s.scores[key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                _tag(f), (s.seconds, s.scores[key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
         if key in ("full_psnr", "full_ssim"):
             front = sorted(
@@ -132,16 +149,11 @@ def plot(
                 key=lambda s: s.seconds,
             )
             ax.plot([s.seconds for s in front], [s.scores[key] for s in front], color="black", lw=1, zorder=2)
-        _reference_lines(ax, key, references, copies, skipped)
+        lines_drawn |= _reference_lines(ax, key, references, copies, skipped)
         ax.set_xscale("log")
-        low, high = min(s.seconds for s in summaries) / 1.3, max(s.seconds for s in summaries) * 1.3
         ax.set_xlim(low, high)
-        ticks = [v for v in _ROUND_SECONDS if low <= v <= high]
-        if len(ticks) < 3:  # a narrow range: label the log axis's own ticks, as plain numbers
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
-        else:
-            ax.set_xticks(ticks)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 5, not 5.0
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("seconds per case (end to end)")
         ax.set_ylabel(label)
@@ -149,52 +161,65 @@ def plot(
             ax.set_ylim(0, 1.02)  # one scale for the three regions
         ax.grid(alpha=0.3)
     handles = []
-    for kind in _KINDS:
+    for kind, (marker, colour, text) in _KINDS.items():
         if kind in kinds_seen:
-            marker, colour, text = _KINDS[kind]
             handles.append(
                 legend_ax.scatter([], [], marker=marker, edgecolors=colour, facecolors=colour, label=text)
             )
-    if hollow_seen:
+    draws = any(f.samples != 1 for f in fields)
+    threshold = any(f.postprocess != "brain_mask" for f in fields)
+    if draws or threshold:
+        text = " or ".join(["several draws"] * draws + ["threshold"] * threshold)
         handles.append(
-            legend_ax.scatter(
-                [], [], marker="o", edgecolors="gray", facecolors="none", label="several draws, or threshold"
-            )
+            legend_ax.scatter([], [], marker="o", edgecolors="gray", facecolors="none", label=text)
         )
     handles.append(legend_ax.plot([], [], color="black", lw=1, label="Pareto front")[0])
-    if REAL in references:
-        handles.append(
-            legend_ax.plot([], [], color="tab:green", lw=1.2, label="real complete case (ceiling)")[0]
-        )
-    if copies:
-        handles.append(legend_ax.plot([], [], color="gray", lw=1, ls="--", label="best copy baseline")[0])
-    if skipped:
-        handles.append(
-            legend_ax.plot([], [], color="tab:red", lw=1, ls=":", label="sequence left out (skip)")[0]
-        )
+    for name in _REFERENCE_LINES:
+        if name in lines_drawn:
+            style, text = _REFERENCE_LINES[name]
+            handles.append(legend_ax.plot([], [], label=text, **style)[0])
     if with_dice:
         legend_ax.axis("off")
         legend_ax.legend(handles=handles, fontsize=9, loc="center")
     else:
         legend_ax.legend(handles=handles, fontsize=7, loc="best")  # where it hides no point
-    figure.suptitle(title + " (labels: sampling steps; x4: draws averaged; thr: threshold)", fontsize=9)
+    notes = ["labels: sampling steps"]
+    notes += ["bf16: bfloat16"] * any(f.precision == "bf16" for f in fields)
+    notes += ["xK: K draws averaged"] * draws + ["thr: threshold post-processing"] * threshold
+    figure.suptitle(f"{title} ({'; '.join(notes)})", fontsize=9)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return write_atomic(Path(path), buffer.getvalue())
+    return figure
 
 
-def _reference_lines(ax, key: str, references: dict, copies: dict, skipped: dict) -> None:  # noqa: ANN001
-    """The ceiling, the best copy and the skip baseline as horizontal lines, where measured."""
+#: The reference lines: their style and legend text.
+_REFERENCE_LINES = {
+    "real": ({"color": "tab:green", "lw": 1.2}, _LABELS[REAL]),
+    "copy": ({"color": "gray", "lw": 1, "ls": "--"}, "best copy baseline"),
+    "skip": ({"color": "tab:red", "lw": 1, "ls": ":"}, _LABELS[MISSING]),
+}
+
+
+def _hollow(setting: SweepSetting) -> bool:
+    """Points of several draws or of the threshold post-processing are drawn hollow."""
+    return setting.samples != 1 or setting.postprocess != "brain_mask"
+
+
+def _reference_lines(ax, key: str, references: dict, copies: dict, skipped: dict) -> set[str]:  # noqa: ANN001
+    """The ceiling, the best copy and the skip baseline as horizontal lines, where measured; returns the
+    names (of :data:`_REFERENCE_LINES`) of the lines drawn."""
+    drawn = set()
     if REAL in references and math.isfinite(references[REAL].get(key, math.nan)):
-        ax.axhline(references[REAL][key], color="tab:green", lw=1.2)
-    for group, style in ((copies, {"color": "gray", "ls": "--"}), (skipped, {"color": "tab:red", "ls": ":"})):
+        ax.axhline(references[REAL][key], **_REFERENCE_LINES["real"][0])
+        drawn.add("real")
+    for name, group in (("copy", copies), ("skip", skipped)):
         best = max(
             (v.get(key, math.nan) for v in group.values() if math.isfinite(v.get(key, math.nan))),
             default=None,
         )
         if best is not None:
-            ax.axhline(best, lw=1, **style)
+            ax.axhline(best, **_REFERENCE_LINES[name][0])
+            drawn.add(name)
+    return drawn
 
 
 def _tag(setting: SweepSetting) -> str:

@@ -40,7 +40,8 @@ from ...runtime import resolve_runtime
 from ...segmentation.spec import open_segmenter
 from ...sequences import CANONICAL_ORDER, MRISequence, condition_order
 from ..downstream import DownstreamScorer
-from ..evaluate import MISSING, REAL, baseline_scores, score_prediction
+from ..evaluate import baseline_scores, score_prediction
+from ..results import MISSING, REAL
 from ..timing import Timing, measure
 from .analysis import BaselineRow, SweepRow, read_baselines, read_rows, write_rows
 from .report import BASELINES_NAME
