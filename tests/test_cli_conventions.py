@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cwdm import cli, config
+from cwdm import cli
+from cwdm.errors import ConfigError
 from cwdm.version import __version__
 from cwdm.weights import shipped
 
@@ -126,7 +127,7 @@ def test_infer_without_weights_logs_which_ran(tmp_path: Path, monkeypatch: pytes
 
     def fake_run_request(request, **kwargs):  # noqa: ANN001, ANN202
         seen["weights"] = request.weights_dir
-        raise config.ConfigError("stop here")
+        raise ConfigError("stop here")
 
     monkeypatch.setattr("cwdm.inference.run.run_request", fake_run_request)
     result = runner.invoke(cli.app, ["infer", str(tmp_path), str(tmp_path / "out")])
