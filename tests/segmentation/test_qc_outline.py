@@ -98,3 +98,35 @@ def test_a_segmenter_failure_fails_that_card_only(tmp_path: Path) -> None:
     assert status["BraTS-GLI-00012-000"] == ("previewed", None)
     assert status["BraTS-GLI-00066-000"][0] == "failed"
     assert "failed on purpose" in status["BraTS-GLI-00066-000"][1]
+
+
+class LeaveOutSegmenter(ThresholdSegmenter):
+    """The threshold segmenter, also for a case with a sequence left out (its thresholds then see zeros)."""
+
+    accepts_absent_sequence = True
+
+    def segment_missing(self, case: CompleteCase, absent: object) -> np.ndarray:
+        self.seen.append(f"{case.label} without {absent}")
+        t1n, t1c, t2w, t2f = (volume.data for volume in case.volumes())
+        t1c = np.zeros_like(t1c) if str(absent) == "t1c" else t1c
+        labels = np.zeros(t2f.shape, np.uint8)
+        labels[t2f > 400] = 2
+        labels[t1c > 600] = 3
+        return labels
+
+
+def test_the_card_gives_the_dice_of_the_case_with_the_sequence_left_out(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    folder = write_case_folder(data, "BraTS-GLI-00011-000", seed=11)
+    _prediction_without_enhancement(folder, tmp_path / "pred")
+    segmenter = LeaveOutSegmenter()
+    (entry,) = qc_folder(tmp_path / "pred", data, tmp_path / "qc", segmenter=segmenter)
+    scores = dict(entry.scores)
+    assert "t1c-missing without t1c" in segmenter.seen
+    truth = np.asanyarray(nib.load(folder / f"{folder.name}-seg.nii.gz").dataobj)
+    t2f = np.asanyarray(nib.load(folder / f"{folder.name}-t2f.nii.gz").dataobj)
+    expected_wt = dice(t2f > 400, truth > 0)  # left out: only the t2f threshold is left, ET empty
+    assert float(re.search(r"WT (\S+)", scores["t1c left out vs truth"])[1]) == round(expected_wt, 3)
+    assert float(re.search(r"ET (\S+)", scores["t1c left out vs truth"])[1]) == 0.0
+    plain = qc_folder(tmp_path / "pred", data, tmp_path / "qc2", segmenter=ThresholdSegmenter())
+    assert "t1c left out vs truth" not in dict(plain[0].scores)  # a segmenter of complete cases: no row

@@ -30,7 +30,7 @@ from ..cases.discovery import Case, discover_cases, read_case
 from ..cases.preprocessing import normalise
 from ..cases.reader import read_case_file, read_segmentation, read_sequences
 from ..errors import CaseError, CwdmError
-from ..segmentation.case import CompleteCase, Segmenter
+from ..segmentation.case import CompleteCase, Segmenter, can_segment_missing
 from ..segmentation.labels import (
     RegionDice,
     convention_mapping,
@@ -234,6 +234,10 @@ def _preview_entry(
                 if real_labels is not None:
                     ceiling = region_dice(real_labels, expert)
                     scores.append(("real case vs truth", _dice_text(ceiling)))
+                if can_segment_missing(segmenter):  # the skip-synthesis baseline: the target left out
+                    completed = CompleteCase(case.case_id, files, f"{target}-missing")
+                    skipped = segmenter.segment_missing(completed, target)  # type: ignore[attr-defined]
+                    scores.append((f"{target} left out vs truth", _dice_text(region_dice(skipped, expert))))
         panels = [Panel(str(seq), normalise(volume.data)) for seq, volume in zip(order, inputs, strict=True)]
         # As stored, not normalised again: the scores are then cwdm evaluate's, and a prediction's
         # error of overall level (too bright, too dark) shows in the panel and the difference map.
