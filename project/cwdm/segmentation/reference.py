@@ -173,7 +173,7 @@ class ReferenceSegmenter:
     def segment(self, case: CompleteCase) -> np.ndarray:
         """Canonical labels of ``case`` on its grid (``uint8``, values 0 to 3)."""
         volumes = case.volumes([MRISequence(seq) for seq in self.spec.channels])
-        return self._labels([v.data for v in volumes])
+        return self.labels_of([v.data for v in volumes])
 
     def segment_missing(self, case: CompleteCase, absent: MRISequence) -> np.ndarray:
         """Canonical labels of ``case`` with ``absent`` left out (given as zeros, as in training); its
@@ -190,8 +190,11 @@ class ReferenceSegmenter:
         kept = [seq for seq in order if seq != absent]
         present = dict(zip(kept, case.volumes(kept), strict=True))
         shape = present[kept[0]].shape
-        return self._labels([present[s].data if s in present else np.zeros(shape, np.float32) for s in order])
+        return self.labels_of(
+            [present[s].data if s in present else np.zeros(shape, np.float32) for s in order]
+        )
 
-    def _labels(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
+    def labels_of(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
+        """Canonical labels of one case's volumes (in ``spec.channels`` order; zeros for one left out)."""
         regions = (self.probabilities(volumes) > self.spec.threshold).numpy()
         return labels_from_regions(regions[0], regions[1], regions[2])
