@@ -55,9 +55,8 @@ def main(argv: list[str]) -> int:
                 for region in REGIONS:
                     dice.setdefault(key, {}).setdefault(region, []).append(scores[region])
         results[name] = {"cases": [case.case_id for case in cases], "dice": dice}
-        print(
-            f"\n{name} ({folder}): Dice WT / TC / ET, mean [bootstrap 95 % interval] over {len(cases)} cases\n"
-        )
+        title = f"{name} ({folder}): Dice WT / TC / ET, mean [bootstrap 95 % interval] over {len(cases)} cases"
+        print(f"\n{title}\n")
         print("| case given | WT | TC | ET |\n|---|---|---|---|")
         for key, per_region in dice.items():
             cells = [bootstrap_mean(per_region[region]).text() for region in REGIONS]
