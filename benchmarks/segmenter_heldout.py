@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
                 for region in REGIONS:
                     dice.setdefault(key, {}).setdefault(region, []).append(scores[region])
         results[name] = {"cases": [case.case_id for case in cases], "dice": dice}
-        title = f"{name} ({folder}): Dice WT / TC / ET, mean [bootstrap 95 % interval] over {len(cases)} cases"
+        title = f"{name} ({folder}): Dice WT / TC / ET, mean [bootstrap 95 % interval], {len(cases)} cases"
         print(f"\n{title}\n")
         print("| case given | WT | TC | ET |\n|---|---|---|---|")
         for key, per_region in dice.items():
