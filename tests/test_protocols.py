@@ -119,7 +119,7 @@ def test_2025_adds_the_per_label_scores_of_each_segmentation(
     text = result.summary_table()
     assert "Dice label 1" in text and "HD95 label 3" in text
     assert "BraSyn 2025 (--protocol brasyn2025)" in text
-    assert "segmented by: damaging-test-segmenter" in text and "BraTS23_1" in text
+    assert "segmented by: damaging-test-segmenter, standing in for" in text and "BraTS23_1" in text
     assert "not reproduced here:" in text
     summary = {(r.source, r.target): r for r in result.evaluation.summary()}
     assert summary[("prediction", "t2w")].counts["hd95_label3"] == 0  # every one undefined

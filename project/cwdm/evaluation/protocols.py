@@ -290,8 +290,11 @@ class ProtocolEvaluation:
             f"BraSyn {protocol.year} (--protocol {protocol.name})",
             f"image score: {protocol.ssim}",
             f"segmentation metrics: {protocol.segmentation_metrics}",
-            f"segmented by: {self.segmenter or 'nothing (no --segmenter)'}; the organisers used "
-            f"{protocol.segmenter}",
+            (
+                f"segmented by: {self.segmenter}, standing in for the organisers' {protocol.segmenter}"
+                if self.segmenter
+                else f"segmented by: nothing (no --segmenter); the organisers used {protocol.segmenter}"
+            ),
         ]
         blocks = [self.evaluation.summary_table(), "\n".join(lines)]
         if present:
