@@ -169,3 +169,28 @@ def test_the_command_trains_with_held_out_cases_and_sequence_dropout(tmp_path: P
     assert "accepts_absent_sequence: true" in written
     checkpoint = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.pt")), weights_only=True)
     assert checkpoint["config"]["exclude"] == ["BraTS-GLI-00002-000"]
+
+
+def test_windowed_segmentation_is_the_whole_pass_when_one_window_covers_it(tiny_segmenter_dir: Path) -> None:
+    volumes = [np.random.default_rng(i).random((30, 28, 20)) * 900 for i in range(4)]
+    trained = ReferenceSegmenter.open(tiny_segmenter_dir, device="cpu")
+
+    def with_window(window: tuple[int, int, int] | None) -> ReferenceSegmenter:
+        spec = trained.spec.model_copy(update={"window": window})
+        return ReferenceSegmenter(trained.network, spec, trained.device)
+
+    whole = with_window(None)
+    # The network grid of this case is 16 x 14 x 10 (padded to a multiple of 4, then 2 mm): one window.
+    one = with_window((16, 14, 10)).probabilities(volumes)
+    assert torch.allclose(one, whole.probabilities(volumes), atol=1e-6)
+    sizes = []
+    hook = trained.network.register_forward_pre_hook(lambda _, args: sizes.append(tuple(args[0].shape[2:])))
+    windowed = with_window((8, 8, 8)).probabilities(volumes)
+    hook.remove()
+    assert set(sizes) == {(8, 8, 8)} and len(sizes) > 1  # the network saw windows only
+    assert windowed.shape == (3, 30, 28, 20) and not torch.allclose(windowed, whole.probabilities(volumes))
+
+
+def test_a_trained_segmenter_segments_in_windows_of_its_crop(tiny_segmenter_dir: Path) -> None:
+    spec = ReferenceSegmenter.open(tiny_segmenter_dir, device="cpu").spec
+    assert spec.window == (16, 16, 8)  # the fixture's training crop

@@ -57,19 +57,27 @@ class ReferenceSegmenterSpec(_Strict):
     #: Trained with one sequence zeroed at random (sequence dropout), so that it also segments a case
     #: with that sequence absent, given as zeros: the skip-synthesis baseline of ``cwdm evaluate``.
     accepts_absent_sequence: StrictBool = False
+    #: Segment in windows of this size (network-grid voxels: the training crop), 50 % overlap, blended with
+    #: Gaussian weights; ``None``: the whole volume at once. A network trained on crops and normalised
+    #: per input (GroupNorm) sees other statistics on a whole head, mostly background: on held-out cases
+    #: the whole-volume pass over-segmented the whole tumour several times over.
+    window: tuple[StrictInt, StrictInt, StrictInt] | None = None
 
     @field_validator("channels", mode="before")
     @classmethod
     def _check_channels(cls, value: Any) -> Any:
         return _four_sequences(value)
 
-    @field_validator("blocks_down", "blocks_up", mode="before")
+    @field_validator("blocks_down", "blocks_up", "window", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
+        for key in ("window", "accepts_absent_sequence"):  # written only when set: older files read back
+            if not data[key]:
+                del data[key]
         return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -165,9 +165,17 @@ class ReferenceSegmenter:
 
     def probabilities(self, volumes: Sequence[np.ndarray]) -> Tensor:
         """``(3, *grid)`` WT, TC, ET probabilities of one case's volumes (in ``spec.channels`` order)."""
-        inputs = network_input(volumes, self.spec).to(self.device)
+        inputs = network_input(volumes, self.spec).to(self.device).unsqueeze(0)
         with torch.inference_mode(), autocast(self.device, self.precision):
-            logits = self.network(inputs.unsqueeze(0))[0]
+            if self.spec.window is None:
+                logits = self.network(inputs)[0]
+            else:
+                from monai.inferers import sliding_window_inference
+
+                window = self.spec.window
+                logits = sliding_window_inference(
+                    inputs, window, 1, self.network, overlap=0.5, mode="gaussian"
+                )[0]
         return regions_on_grid(logits, np.shape(volumes[0]), self.spec).cpu()
 
     def segment(self, case: CompleteCase) -> np.ndarray:

@@ -290,7 +290,9 @@ class SegmenterTrainer(ResumableRun):
         folder = Path(folder)
         state = {key: value.detach().half() for key, value in self.network.state_dict().items()}
         path = write_state_dict(state, folder / WEIGHTS_NAME)
-        write_atomic(folder / SEGMENTER_SPEC_NAME, self.config.spec.to_yaml())
+        # It segments in windows of the size it was trained on (see ReferenceSegmenterSpec.window).
+        spec = self.config.spec.model_copy(update={"window": tuple(self.config.crop_size)})
+        write_atomic(folder / SEGMENTER_SPEC_NAME, spec.to_yaml())
         return path
 
     def load_weights(self, path: Path) -> None:
