@@ -46,6 +46,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--heldout", required=True, help="comma list of case ids")
     parser.add_argument("--targets", default="t1n,t1c,t2w,t2f")
     parser.add_argument("--parameters", type=Path, default=None)
+    parser.add_argument(
+        "--baselines",
+        type=Path,
+        default=None,
+        help="scores.csv of an earlier run: its copies and left-out rows",
+    )
     args = parser.parse_args(argv)
 
     heldout = [item.strip() for item in args.heldout.split(",") if item.strip()]
@@ -56,8 +62,8 @@ def main(argv: list[str]) -> int:
     if missing:
         raise SystemExit(f"held-out cases not in {args.cases}: {missing}")
     scorer = DownstreamScorer(open_segmenter(args.segmenter, device="cpu"))
-    baselines: list[dict] = []
-    for number, item in enumerate(args.weights):
+    baselines: list[dict] = [] if args.baselines is None else _baseline_rows(args.baselines, targets)
+    for number, item in enumerate(args.weights, start=0 if args.baselines is None else 1):
         name, _, folder = item.partition("=")
         root = args.out / name
         rows = []
@@ -81,6 +87,15 @@ def main(argv: list[str]) -> int:
             rows += baselines
         _write(root, name, rows, args, folder)
     return 0
+
+
+def _baseline_rows(path: Path, targets: list[MRISequence]) -> list[dict]:
+    """The copy and left-out rows of an earlier run's ``scores.csv`` (they do not depend on the weights)."""
+    import csv
+
+    wanted = {str(t) for t in targets}
+    rows = [row for row in csv.DictReader(path.open()) if row["source"] not in ("prediction", "real")]
+    return [row for row in rows if row["target"] in wanted]
 
 
 def _inputs(cases: dict, target: MRISequence, root: Path) -> Path:

@@ -195,3 +195,11 @@ def test_the_held_out_downstream_evaluation_runs_end_to_end(tmp_path: Path) -> N
     # The second folder (the same weights) reuses the baselines and reaches the same verdict.
     again = json.loads((tmp_path / "out" / "again" / "verdict.json").read_text())
     assert again["t2f"]["means"] == verdict["t2f"]["means"]
+    # A later process takes the baselines from the first run's scores instead of scoring them again.
+    later = [str(tmp_path / "cases"), str(tmp_path / "later"), "--weights", f"third={weights}"]
+    later += ["--segmenter", str(segmenter), "--heldout", held, "--targets", "t2f"]
+    assert module.main([*later, "--baselines", str(tmp_path / "out" / "tiny" / "scores.csv")]) == 0
+    third = json.loads((tmp_path / "later" / "third" / "verdict.json").read_text())
+    for source, regions in verdict["t2f"]["means"].items():
+        for region, values in regions.items():
+            assert third["t2f"]["means"][source][region] == pytest.approx(values), (source, region)
