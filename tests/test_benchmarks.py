@@ -203,3 +203,42 @@ def test_the_held_out_downstream_evaluation_runs_end_to_end(tmp_path: Path) -> N
     for source, regions in verdict["t2f"]["means"].items():
         for region, values in regions.items():
             assert third["t2f"]["means"][source][region] == pytest.approx(values), (source, region)
+
+
+def test_the_downstream_plot_draws_each_source_at_its_mean_with_its_interval(tmp_path: Path) -> None:
+    spec_file = importlib.util.spec_from_file_location(
+        "plot_downstream", REPO / "benchmarks" / "plot_downstream.py"
+    )
+    assert spec_file is not None and spec_file.loader is not None
+    module = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(module)
+
+    def means(base: float) -> dict:
+        return {
+            key: [base + i / 10, base + i / 10 - 0.05, base + i / 10 + 0.02]
+            for i, key in enumerate(module.REGIONS)
+        }
+
+    def verdict(synthesis: float, with_missing: bool) -> dict:
+        sources = {"real": means(0.6), "prediction": means(synthesis), "copy-t2w": means(0.3)}
+        if with_missing:
+            sources["missing"] = means(0.4)
+        return {"t2f": {"cases": ["a", "b"], "best_copy": "copy-t2w", "means": sources}}
+
+    for number, with_missing in enumerate((True, False)):
+        first = tmp_path / f"first{number}.json"
+        first.write_text(json.dumps(verdict(0.5, with_missing)))
+        second = tmp_path / f"second{number}.json"
+        second.write_text(json.dumps(verdict(0.1, with_missing)))
+        out = tmp_path / f"plot{number}.png"
+        assert module.main([str(out), f"a={first}", f"b={second}"]) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        figure = module.draw([("a", json.loads(first.read_text())), ("b", json.loads(second.read_text()))])
+        (ax,) = figure.axes
+        heights = sorted(round(patch.get_height(), 6) for patch in ax.patches)
+        bases = [0.6, 0.5, 0.1, 0.3] + ([0.4] if with_missing else [])
+        assert heights == sorted(round(b + i / 10, 6) for b in bases for i in range(3))
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert labels[:3] == ["real case", "synthesis (a)", "synthesis (b)"]
+        assert labels[3] == "best copy (t2w)" and ("left out" in labels) == with_missing
+        assert ax.get_title() == "missing t2f (2 cases)"
