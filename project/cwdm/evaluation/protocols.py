@@ -291,7 +291,8 @@ class ProtocolEvaluation:
             f"image score: {protocol.ssim}",
             f"segmentation metrics: {protocol.segmentation_metrics}",
             (
-                f"segmented by: {self.segmenter}, standing in for the organisers' {protocol.segmenter}"
+                f"segmented by: {self.segmenter}, standing in for the organisers' segmenter: "
+                f"{protocol.segmenter}"
                 if self.segmenter
                 else f"segmented by: nothing (no --segmenter); the organisers used {protocol.segmenter}"
             ),
