@@ -7,7 +7,8 @@ per-target verdict with bootstrap intervals (:mod:`cwdm.evaluation.verdict`).
         --segmenter S --heldout ID,ID,... [--targets t1c,t2f] [--parameters recommended.yaml]
 
 Writes, per weights folder, ``OUT/<NAME>/scores.csv`` (every score), ``verdict.md`` (the verdict table,
-the image scores with intervals, the per-case Dice) and ``verdict.json``; the syntheses stay in
+the image scores with intervals, the per-case Dice), ``verdict.json`` and ``seconds.csv`` (each
+synthesis's seconds, read to written); the syntheses stay in
 ``OUT/<NAME>/work``. The baselines (the real case, the copies, the target left out) do not depend on the
 weights: they are scored once, with the first folder, and reused for the others.
 """
@@ -66,7 +67,7 @@ def main(argv: list[str]) -> int:
     for number, item in enumerate(args.weights, start=0 if args.baselines is None else 1):
         name, _, folder = item.partition("=")
         root = args.out / name
-        rows = []
+        rows, seconds = [], []
         for target in targets:
             inputs = _inputs(cases, target, args.out / "inputs")
             predictions = root / "work" / "predictions" / str(target)
@@ -74,6 +75,11 @@ def main(argv: list[str]) -> int:
             run = run_request(RunRequest(inputs, predictions, Path(folder), params, report))
             if run.report.exit_code != 0:
                 raise SystemExit(f"{name}: synthesis of {target} failed: {run.report.counts_text()}")
+            seconds += [
+                {"case": case.case_id, "target": str(target), "elapsed_s": case.elapsed_s}
+                for case in run.report.cases
+                if case.status == "written"
+            ]
             result = evaluate(predictions, args.cases, baseline=number == 0, downstream=scorer)
             for failure in result.failures:
                 print(f"not scored: {failure.message}", file=sys.stderr)
@@ -86,6 +92,7 @@ def main(argv: list[str]) -> int:
         else:
             rows += baselines
         _write(root, name, rows, args, folder)
+        _write_seconds(root / "seconds.csv", seconds)
     return 0
 
 
@@ -96,6 +103,16 @@ def _baseline_rows(path: Path, targets: list[MRISequence]) -> list[dict]:
     wanted = {str(t) for t in targets}
     rows = [row for row in csv.DictReader(path.open()) if row["source"] not in ("prediction", "real")]
     return [row for row in rows if row["target"] in wanted]
+
+
+def _write_seconds(path: Path, rows: list[dict]) -> None:
+    """Each written synthesis's seconds (read to written, from the run reports): what a setting costs."""
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["case", "target", "elapsed_s"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _inputs(cases: dict, target: MRISequence, root: Path) -> Path:

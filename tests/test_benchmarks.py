@@ -192,6 +192,9 @@ def test_the_held_out_downstream_evaluation_runs_end_to_end(tmp_path: Path) -> N
     verdict = json.loads((tmp_path / "out" / "tiny" / "verdict.json").read_text())
     assert verdict["t2f"]["cases"] == held.split(",") and verdict["t2f"]["best_copy"].startswith("copy-")
     assert "| t2f | 2 |" in (tmp_path / "out" / "tiny" / "verdict.md").read_text()
+    seconds = list(csv.DictReader((tmp_path / "out" / "tiny" / "seconds.csv").open()))
+    assert sorted(row["case"] for row in seconds) == held.split(",")  # one row per synthesis written
+    assert all(row["target"] == "t2f" and float(row["elapsed_s"]) > 0 for row in seconds)
     # The second folder (the same weights) reuses the baselines and reaches the same verdict.
     again = json.loads((tmp_path / "out" / "again" / "verdict.json").read_text())
     assert again["t2f"]["means"] == verdict["t2f"]["means"]
@@ -242,3 +245,77 @@ def test_the_downstream_plot_draws_each_source_at_its_mean_with_its_interval(tmp
         assert labels[:3] == ["real case", "synthesis (a)", "synthesis (b)"]
         assert labels[3] == "best copy (t2w)" and ("left out" in labels) == with_missing
         assert ax.get_title() == "missing t2f (2 cases)"
+
+
+def _benchmark_script(name: str) -> ModuleType:
+    spec_file = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec_file is not None and spec_file.loader is not None
+    module = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(module)
+    return module
+
+
+def test_the_steps_plot_recommends_by_the_sweeps_rule_and_pairs_cases(tmp_path: Path) -> None:
+    module = _benchmark_script("plot_steps")
+    cases = ["a", "b", "c"]
+
+    def write(steps: int, dice: dict[str, list[float]], psnr: float) -> str:
+        rows = []
+        for number, case in enumerate(cases):
+            for target, values in dice.items():
+                rows.append(
+                    {
+                        "case": case,
+                        "target": target,
+                        "source": "prediction",
+                        "full_psnr": psnr,
+                        "full_ssim": 0.9,
+                        "dice_wt": values[number],
+                        "dice_tc": values[number],
+                        "dice_et": values[number],
+                    }
+                )
+                for source, level in (("copy-t2w", 0.3), ("copy-t1c", 0.2), ("missing", 0.4)):
+                    rows.append(
+                        {
+                            "case": case,
+                            "target": target,
+                            "source": source,
+                            "full_psnr": "",
+                            "full_ssim": "",
+                            "dice_wt": level,
+                            "dice_tc": level,
+                            "dice_et": level,
+                        }
+                    )
+        path = tmp_path / f"steps{steps}" / "scores.csv"
+        path.parent.mkdir()
+        seconds = [f"{case},t2f,{steps + number}" for number, case in enumerate(cases)]
+        path.with_name("seconds.csv").write_text("\n".join(["case,target,elapsed_s", *seconds]) + "\n")
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return f"{steps}={path}"
+
+    # t2f: one step loses 0.05 Dice in every region (beyond the 0.02 tolerance): two steps are kept.
+    # t1c: one step loses 0.01 (within it) and ten steps gain nothing: the fewest steps win.
+    runs = [
+        write(1, {"t2f": [0.45, 0.55, 0.65], "t1c": [0.49, 0.59, 0.69]}, 25.0),
+        write(2, {"t2f": [0.5, 0.6, 0.7], "t1c": [0.5, 0.6, 0.7]}, 25.2),
+        write(10, {"t2f": [0.5, 0.6, 0.7], "t1c": [0.5, 0.6, 0.7]}, 25.1),
+    ]
+    measured = module.measure({int(r.split("=")[0]): module.read(Path(r.split("=")[1])) for r in runs})
+    assert [module.recommended_steps(measured[t])[0] for t in ("t1c", "t2f")] == [1, 2]
+    assert measured["t2f"]["best_copy"] == "copy-t2w"  # the better of the two copies
+    assert measured["t2f"]["steps"][1]["dice_et"].mean == pytest.approx(0.55)
+    versus = module._versus(measured["t2f"], 1, 2)
+    assert versus.mean == pytest.approx(-0.05) and versus.high < 0  # the same loss on every case
+    out = tmp_path / "steps.png"
+    assert module.main([str(out), *runs]) == 0
+    seconds = module.case_seconds(tmp_path / "steps10" / "scores.csv")
+    assert list(seconds) == ["t2f"] and seconds["t2f"].mean == 11  # 10, 11 and 12 s
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = module.draw(measured)
+    wt_line = figure.axes[0].lines[0]  # missing t1c: WT of the synthesis at 1, 2, 10 steps
+    assert list(wt_line.get_ydata()) == pytest.approx([0.59, 0.6, 0.6])

@@ -150,3 +150,14 @@ def test_the_steps_label_is_singular_for_one_step() -> None:
         ).steps_label
 
     assert (label(1), label(2), label(1000)) == ("1 step", "2 steps", "1000 steps")
+
+
+def test_the_settings_label_groups_the_targets_whose_own_defaults_differ() -> None:
+    from cwdm.config import SamplingSettings
+
+    base = SamplingSettings(sampler="ddim", sampling_steps=2, timestep_spacing="trailing")
+    one = SamplingSettings(sampler="ddim", sampling_steps=1, timestep_spacing="trailing")
+    spaced = SamplingSettings(sampler="ddim", sampling_steps=1, timestep_spacing="linspace")
+    assert base.label_with({"t1n": base, "t1c": base}) == "ddim 2 steps"
+    per_target = {"t1n": base, "t2w": one, "t2f": one, "t1c": spaced}
+    assert base.label_with(per_target) == "ddim 2 steps (t2w, t2f: ddim 1 step; t1c: ddim 1 step linspace)"

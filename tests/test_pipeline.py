@@ -426,6 +426,10 @@ def test_model_yaml_gives_a_target_its_own_defaults_and_warning(
     assert steps == {"BraTS-GLI-00001-000": 3, "BraTS-GLI-00002-000": 3, "BraTS-GLI-00003-000": 2}
     assert caplog.text.count("segments worse than a copy") == 1  # once per run, not per case
     assert report.to_dict()["target_settings"]["t1c"]["sampling_steps"] == 3
+    # The summary names both settings, not the file's alone.
+    from cwdm.cli.infer import counts_line
+
+    assert "(fp32, ddpm 2 steps (t1c: ddpm 3 steps), 1 draw a case)" in counts_line(report, None)
     again = synth.run(cases, tmp_path / "out")  # each target's outputs judged by its own settings
     assert [r.status for r in again.cases] == ["skipped"] * 3
     # An option given on the command line wins over the target's default.

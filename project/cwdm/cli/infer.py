@@ -230,12 +230,11 @@ class InferProgress:
 
     def start(self, synth: Synthesizer, cases: Sequence[Case]) -> None:
         log.info(
-            "%d case folder%s; %s; %s %s",
+            "%d case folder%s; %s; %s",
             len(cases),
             "" if len(cases) == 1 else "s",
             synth.runtime.describe(),
-            synth.settings.sampler,
-            synth.settings.steps_label,
+            synth.settings.label_with(synth.target_settings),
         )
         self.bars.update(self.cases, total=len(cases), visible=True)
         self.bars.update(self.steps, total=synth.settings.sampling_steps)
@@ -274,13 +273,14 @@ def summary_lines(report: RunReport) -> list[str]:
 
 
 def counts_line(report: RunReport, report_path: Path | None) -> str:
-    """``10 written, ... in 12.3 s on cpu (fp32, ddim 2 steps, 1 draw a case); report: ...``."""
+    """``10 written, ... in 12.3 s on cpu (fp32, ddim 2 steps, 1 draw a case); report: ...``, with the
+    targets whose own defaults differ after the steps: ``ddim 2 steps (t2w, t2f: ddim 1 step)``."""
     stopped = "" if report.interrupted_by is None else f"; stopped early, exit {report.exit_code}"
     settings = report.settings
     draws = f"{settings.samples} draw{'s' * (settings.samples != 1)} a case"
     return (
         f"{report.counts_text()} in {report.elapsed_s:.1f} s on {report.runtime.device} "
-        f"({report.runtime.precision}, {settings.sampler} {settings.steps_label}, {draws}{stopped}); "
+        f"({report.runtime.precision}, {settings.label_with(report.target_settings)}, {draws}{stopped}); "
         f"report: {report_path or 'not written (see the error above)'}"
     )
 

@@ -248,6 +248,22 @@ class SamplingSettings:
         """``"1 step"``, ``"10 steps"``: for summaries and logs."""
         return f"{self.sampling_steps} step" + ("" if self.sampling_steps == 1 else "s")
 
+    def label_with(self, per_target: Mapping[Any, SamplingSettings]) -> str:
+        """``"ddim 2 steps"``, or with the targets whose ``model.yaml`` defaults differ:
+        ``"ddim 2 steps (t2w, t2f: ddim 1 step)"``, so that a log or summary never claims one setting
+        for a run that used several."""
+        text = f"{self.sampler} {self.steps_label}"
+        groups: dict[str, list[str]] = {}
+        for target, own in per_target.items():
+            if own != self:
+                spacing = "" if own.timestep_spacing == self.timestep_spacing else f" {own.timestep_spacing}"
+                groups.setdefault(f"{own.sampler} {own.steps_label}{spacing}", []).append(str(target))
+        if not groups:
+            return text
+        return (
+            text + " (" + "; ".join(f"{', '.join(names)}: {label}" for label, names in groups.items()) + ")"
+        )
+
     def output_record(self, precision: str) -> dict[str, Any]:
         """The settings that change the written voxels, by their YAML names, and the precision the
         network ran at: what an output's provenance records and a rerun compares."""

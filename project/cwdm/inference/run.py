@@ -211,7 +211,7 @@ def _save_sheet(report: RunReport, qc_dir: Path) -> None:
     settings = report.settings
     meta = (
         f"{report.elapsed_s:.1f} s on {report.runtime.device} "
-        f"({report.runtime.precision}); {settings.sampler} {settings.steps_label} "
+        f"({report.runtime.precision}); {settings.label_with(report.target_settings)} "
         f"({settings.timestep_spacing}), "
         f"{settings.samples} draw(s) a case, seed {settings.seed}; output folder {report.out_dir}"
     )
