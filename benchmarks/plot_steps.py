@@ -21,8 +21,8 @@ from pathlib import Path
 
 from cwdm.evaluation.stats import Interval, bootstrap_mean, paired_difference
 from cwdm.evaluation.sweep.analysis import SettingSummary, recommendation
+from cwdm.evaluation.verdict import MISSING, PREDICTION, REGION_TITLES, verdicts
 
-REGIONS = {"dice_wt": "WT", "dice_tc": "TC", "dice_et": "ET"}
 REGION_COLOURS = {"dice_wt": "#1b7837", "dice_tc": "#2166ac", "dice_et": "#b2182b"}
 TARGETS = ("t1n", "t1c", "t2w", "t2f")
 
@@ -78,38 +78,32 @@ def _values(rows: list[dict], target: str, source: str, key: str) -> dict[str, f
 def measure(
     runs: dict[int, list[dict]], seconds: dict[int, dict[str, Interval]] | None = None
 ) -> dict[str, dict]:
-    """Per target: each steps' intervals (the regions' Dice, PSNR, SSIM, seconds per case where
-    ``seconds`` has them) and per-case mean Dice, and the baselines (best copy by mean Dice, left out)
-    from the first run."""
-    first = next(iter(runs.values()))
+    """Per target measured in every run: each steps' intervals (the regions' Dice over the cases its
+    verdict compares, PSNR, SSIM, seconds per case where ``seconds`` has them) and per-case mean Dice,
+    and the baselines (best copy, left out) of the first run's verdict
+    (:func:`cwdm.evaluation.verdict.verdicts`, which `downstream_heldout.py` reports)."""
+    judged = {steps: {v.target: v for v in verdicts(rows)} for steps, rows in runs.items()}
+    first = next(iter(judged.values()))
     found: dict[str, dict] = {}
-    for target in TARGETS:
-        if not any(_values(rows, target, "prediction", "dice_wt") for rows in runs.values()):
-            continue
+    for target in [t for t in first if all(t in judgement for judgement in judged.values())]:
         per_steps = {}
         for steps, rows in runs.items():
-            dice = {key: _values(rows, target, "prediction", key) for key in REGIONS}
-            cases = sorted(set.intersection(*(set(d) for d in dice.values())))
-            per_case = {case: sum(dice[key][case] for key in REGIONS) / len(REGIONS) for case in cases}
+            verdict = judged[steps][target]
+            dice = {key: _values(rows, target, PREDICTION, key) for key in REGION_TITLES}
             per_steps[steps] = {
-                **{key: bootstrap_mean(list(dice[key].values())) for key in REGIONS},
-                "per_case": per_case,
-                "full_psnr": bootstrap_mean(list(_values(rows, target, "prediction", "full_psnr").values())),
-                "full_ssim": bootstrap_mean(list(_values(rows, target, "prediction", "full_ssim").values())),
+                **verdict.means[PREDICTION],
+                "per_case": {
+                    c: sum(dice[k][c] for k in REGION_TITLES) / len(REGION_TITLES) for c in verdict.cases
+                },
+                "full_psnr": bootstrap_mean(list(_values(rows, target, PREDICTION, "full_psnr").values())),
+                "full_ssim": bootstrap_mean(list(_values(rows, target, PREDICTION, "full_ssim").values())),
                 "seconds": (seconds or {}).get(steps, {}).get(target),
             }
-        sources = {row["source"] for row in first if row["target"] == target}
-        copies = sorted(s for s in sources if s.startswith("copy-"))
-        baselines = {
-            s: {key: bootstrap_mean(list(_values(first, target, s, key).values())) for key in REGIONS}
-            for s in [*copies, "missing"]
-            if s in sources
-        }
-        best_copy = max(copies, key=lambda s: sum(baselines[s][k].mean for k in REGIONS)) if copies else None
+        base = first[target]
         found[target] = {
             "steps": per_steps,
-            "best_copy": best_copy,
-            "baselines": {s: b for s, b in baselines.items() if s in (best_copy, "missing")},
+            "best_copy": base.best_copy,
+            "baselines": {s: base.means[s] for s in (base.best_copy, MISSING) if s in base.means},
         }
     return found
 
@@ -123,7 +117,7 @@ def recommended_steps(target: dict) -> tuple[int, bool]:
             n=len(m["per_case"]),
             seconds=float(steps),  # the network's time grows with the steps; only their order is used
             scores={"full_psnr": m["full_psnr"].mean, "full_ssim": m["full_ssim"].mean}
-            | {key: m[key].mean for key in REGIONS},
+            | {key: m[key].mean for key in REGION_TITLES},
         )
         for steps, m in target["steps"].items()
     ]
@@ -151,7 +145,7 @@ def table(measured: dict[str, dict], default: int) -> str:
     for name, target in measured.items():
         for steps, m in target["steps"].items():
             versus = _versus(target, steps, default)
-            cells = [m[key].text() for key in REGIONS]
+            cells = [m[key].text() for key in REGION_TITLES]
             lines.append(
                 f"| {name} | synthesis, {steps} step{'s' if steps > 1 else ''} | "
                 + " | ".join(cells)
@@ -159,8 +153,8 @@ def table(measured: dict[str, dict], default: int) -> str:
                 + f" | {m['full_ssim'].text(3)} | {m['seconds'].text(1) if m['seconds'] else '-'} |"
             )
         for source, means in target["baselines"].items():
-            label = "left out" if source == "missing" else f"best copy ({source.removeprefix('copy-')})"
-            cells = [means[key].text() for key in REGIONS]
+            label = "left out" if source == MISSING else f"best copy ({source.removeprefix('copy-')})"
+            cells = [means[key].text() for key in REGION_TITLES]
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " | | | | |")
         steps, within = recommended_steps(target)
         choices.append(
@@ -179,7 +173,7 @@ def draw(measured: dict[str, dict]):  # noqa: ANN201 (a matplotlib Figure, impor
     for column, (name, target) in enumerate(measured.items()):
         ax, below = axes[0][column], axes[1][column]
         steps = list(target["steps"])
-        for number, (key, title) in enumerate(REGIONS.items()):
+        for number, (key, title) in enumerate(REGION_TITLES.items()):
             means = [target["steps"][s][key] for s in steps]
             errors = [[m.mean - m.low for m in means], [m.high - m.mean for m in means]]
             nudged = [s * 1.04 ** (number - 1) for s in steps]  # the three intervals side by side
@@ -192,7 +186,7 @@ def draw(measured: dict[str, dict]):  # noqa: ANN201 (a matplotlib Figure, impor
                 capsize=2,
                 label=f"{title}, synthesis",
             )
-            for source, style in ((target["best_copy"], "--"), ("missing", ":")):
+            for source, style in ((target["best_copy"], "--"), (MISSING, ":")):
                 if source in target["baselines"]:
                     ax.axhline(
                         target["baselines"][source][key].mean,
