@@ -62,3 +62,31 @@ def test_the_entry_point_stamps_its_lines_as_cwdm_does(tmp_path: Path) -> None:
     assert log_file and all(
         STAMP.match(line) or not line.strip() or line.startswith(("case", "BraTS")) for line in log_file
     )
+
+
+def test_the_sampling_bar_on_a_terminal_takes_each_batchs_own_step_count() -> None:
+    """Targets may sample in different step counts (model.yaml ``targets:``): the bar's total is the
+    current batch's, never the run-wide default."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from cwdm.cli.infer import InferProgress
+    from cwdm.config.run import SamplingSettings
+
+    run_wide = SamplingSettings(sampler="ddim", sampling_steps=2)
+    synth = SimpleNamespace(
+        runtime=SimpleNamespace(describe=lambda: "cpu (fp32)"),
+        settings=run_wide,
+        target_settings={"t2w": SamplingSettings(sampler="ddim", sampling_steps=1)},
+    )
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with InferProgress(console) as progress:
+        progress.start(synth, [object(), object()])  # type: ignore[arg-type]
+        task = progress.bars.tasks[progress.steps]
+        assert not task.visible  # nothing shown before the first step
+        progress.step(("BraTS-GLI-00001-000",), 1, 1)  # a t2w batch: 1 step
+        assert (task.total, task.completed, task.visible) == (1, 1, True)
+        progress.step(("BraTS-GLI-00002-000",), 1, 2)  # a t1n batch: 2 steps
+        assert (task.total, task.completed) == (2, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import html.parser
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -174,6 +175,8 @@ def test_cli_qc_folder_holds_previews_sheet_and_maps_for_good_and_failed_cases(t
     assert links.images == ["BraTS-GLI-00001-000-t2f.png", "BraTS-GLI-00002-000-t1c.png"]
     assert "BraTS-GLI-00003-000" in page and "failed" in page and "cannot use the t1n volume" in page
     assert "mean sd in the brain" in page
+    # The header says the settings once each, in words: "ddim 2 steps, linspace timesteps, 2 draw(s)".
+    assert re.search(r"\b(ddim|ddpm) \d+ steps?, (linspace|trailing) timesteps, 2 draw\(s\) a case", page)
 
 
 def test_the_qc_folder_may_not_overlap_the_output_or_the_inputs(tmp_path: Path) -> None:

@@ -236,8 +236,8 @@ class InferProgress:
             synth.runtime.describe(),
             synth.settings.label_with(synth.target_settings),
         )
+        # The sampling bar takes each batch's own step count from step(): targets may differ.
         self.bars.update(self.cases, total=len(cases), visible=True)
-        self.bars.update(self.steps, total=synth.settings.sampling_steps)
 
     def case_done(self, result: CaseResult) -> None:
         del result  # each case's outcome and timing is logged by the run

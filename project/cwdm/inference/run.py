@@ -211,8 +211,8 @@ def _save_sheet(report: RunReport, qc_dir: Path) -> None:
     settings = report.settings
     meta = (
         f"{report.elapsed_s:.1f} s on {report.runtime.device} "
-        f"({report.runtime.precision}); {settings.label_with(report.target_settings)} "
-        f"({settings.timestep_spacing}), "
+        f"({report.runtime.precision}); {settings.label_with(report.target_settings)}, "
+        f"{settings.timestep_spacing} timesteps, "
         f"{settings.samples} draw(s) a case, seed {settings.seed}; output folder {report.out_dir}"
     )
     try:
