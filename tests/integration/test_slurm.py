@@ -314,7 +314,7 @@ def test_the_array_script_under_slurm_equals_one_run_and_a_cancelled_task_resume
     assert set(resumed) == set(by_part[victim]) and "skipped" in resumed.values()
     assert "written" in resumed.values()  # the case the cancel interrupted, and any after it
 
-    # Byte for byte, and nothing else in the output folder (no claim, no partial file).
+    # The same files and nothing else in the output folder (no claim, no partial file); then their content.
     single_names = sorted(p.name for p in (tmp_path / "single").iterdir())
     assert sorted(p.name for p in out.iterdir()) == single_names and len(single_names) == len(cases)
     differences = _differences(tmp_path / "single", out, single_names)
