@@ -13,16 +13,13 @@ run as root (slurmd starts jobs as their user), or where the daemons do not come
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -32,13 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
-import torch
+from tests.integration import output_diff
 
-from cwdm.cases import gzip_codec
-from cwdm.inference.provenance import read_record
 from cwdm.inference.split import part_of
 
 pytestmark = pytest.mark.slurm
@@ -317,14 +310,14 @@ def test_the_array_script_under_slurm_equals_one_run_and_a_cancelled_task_resume
     # The same files and nothing else in the output folder (no claim, no partial file); then their content.
     single_names = sorted(p.name for p in (tmp_path / "single").iterdir())
     assert sorted(p.name for p in out.iterdir()) == single_names and len(single_names) == len(cases)
-    differences = _differences(tmp_path / "single", out, single_names)
+    differences = output_diff.differences(tmp_path / "single", out, single_names, VOXEL_TOLERANCE)
     material = [f"{d.name}: {d.detail}" for d in differences if d.material]
-    assert not material, f"the array's outputs are not those of one run ({_machine()}):\n" + "\n".join(
-        material
+    assert not material, (
+        f"the array's outputs are not those of one run ({output_diff.machine()}):\n" + "\n".join(material)
     )
     if differences:  # the same headers, voxels within rounding: said, so that CI's log shows it
         warnings.warn(
-            f"the array's outputs equal one run's but not byte for byte ({_machine()}): "
+            f"the array's outputs equal one run's but not byte for byte ({output_diff.machine()}): "
             + "; ".join(f"{d.name}: {d.detail}" for d in differences),
             stacklevel=1,
         )
@@ -338,77 +331,6 @@ def test_the_array_script_under_slurm_equals_one_run_and_a_cancelled_task_resume
         f"cwdm-merge-{second_merge}.log",
     }
     assert _checksums(DATA) == before  # the example cases are read only
-
-
-@dataclass(frozen=True)
-class Difference:
-    """How one output differs between two runs."""
-
-    name: str
-    detail: str
-    #: Whether it matters: a header (provenance) that differs, another shape, or voxels further apart
-    #: than :data:`VOXEL_TOLERANCE`; not a deflated stream alone, nor float rounding.
-    material: bool
-
-
-def _differences(reference: Path, other: Path, names: list[str]) -> list[Difference]:
-    """Each file of ``names`` whose bytes differ between the two folders, and how: the deflated stream
-    only, the header (with the provenance fields that differ), or the voxels (how many, by how much).
-    A dump of the two files' bytes, which is what a plain ``==`` of them prints, tells nothing of that."""
-    found = []
-    for name in names:
-        expected, got = (reference / name).read_bytes(), (other / name).read_bytes()
-        if expected == got:
-            continue
-        expected_raw, got_raw = gzip.decompress(expected), gzip.decompress(got)
-        if expected_raw == got_raw:
-            detail = f"the same NIfTI deflated differently ({len(expected)} vs {len(got)} bytes)"
-            found.append(Difference(name, detail, material=False))
-            continue
-        offset = int(struct.unpack_from("<f", expected_raw, 108)[0])  # NIfTI-1 vox_offset
-        what, material = [], False
-        if expected_raw[:offset] != got_raw[:offset]:
-            records = read_record(reference / name) or {}, read_record(other / name) or {}
-            keys = sorted({*records[0], *records[1]})
-            changed = [
-                f"{key}: {_short(records[0].get(key))} vs {_short(records[1].get(key))}"
-                for key in keys
-                if records[0].get(key) != records[1].get(key)
-            ]
-            what.append("header differs (" + ("; ".join(changed) or "provenance the same") + ")")
-            material = True
-        a = np.asarray(nib.Nifti1Image.from_bytes(expected_raw).dataobj, dtype=np.float64)
-        b = np.asarray(nib.Nifti1Image.from_bytes(got_raw).dataobj, dtype=np.float64)
-        if a.shape != b.shape:
-            what.append(f"shape {a.shape} vs {b.shape}")
-            material = True
-        else:
-            gap = np.abs(a - b)
-            what.append(
-                f"{np.count_nonzero(gap)} of {gap.size} voxels differ, by at most {gap.max():.3g} "
-                f"(values up to {np.abs(a).max():.3g})"
-            )
-            material = material or gap.max() > VOXEL_TOLERANCE
-        found.append(Difference(name, ", ".join(what), material))
-    return found
-
-
-def _machine() -> str:
-    """The CPU and the libraries that compute and deflate the outputs, for a message about their bytes."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (
-        f"{cpu}; torch {torch.__version__}, numpy {np.__version__}, deflated by {gzip_codec.IMPLEMENTATION}"
-    )
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _outputs_of(case_ids: list[str], out: Path) -> list[str]:
