@@ -376,8 +376,8 @@ def write_volume_atomic(data: np.ndarray, reference: nib.Nifti1Header, path: Pat
 
     The file is written through :func:`cwdm.atomic.replacing`: readers never see a partial file, and a
     pre-existing symbolic link at ``path`` is replaced, never written through. The gzip stream
-    (:mod:`cwdm.cases.gzip_codec`: isal at level 2, or zlib at level 1) carries no time stamp, so the same
-    data and header give the same bytes.
+    (:mod:`cwdm.cases.gzip_codec`: isal at level 2, or zlib at level 1) carries no time stamp; the same
+    data and header give the same NIfTI, and nearly always the same file (see :func:`gzip_codec.compress`).
 
     Raises:
         OSError: the folder is not writable, the disk is full, ...; no temporary file remains.
