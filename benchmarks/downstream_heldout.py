@@ -16,6 +16,7 @@ weights: they are scored once, with the first folder, and reused for the others.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -92,25 +93,21 @@ def main(argv: list[str]) -> int:
         else:
             rows += baselines
         _write(root, name, rows, args, folder)
-        _write_seconds(root / "seconds.csv", seconds)
+        # Each written synthesis's seconds (read to written, from the run reports): what a setting costs.
+        _write_csv(root / "seconds.csv", ["case", "target", "elapsed_s"], seconds)
     return 0
 
 
 def _baseline_rows(path: Path, targets: list[MRISequence]) -> list[dict]:
     """The copy and left-out rows of an earlier run's ``scores.csv`` (they do not depend on the weights)."""
-    import csv
-
     wanted = {str(t) for t in targets}
     rows = [row for row in csv.DictReader(path.open()) if row["source"] not in ("prediction", "real")]
     return [row for row in rows if row["target"] in wanted]
 
 
-def _write_seconds(path: Path, rows: list[dict]) -> None:
-    """Each written synthesis's seconds (read to written, from the run reports): what a setting costs."""
-    import csv
-
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["case", "target", "elapsed_s"], lineterminator="\n")
+        writer = csv.DictWriter(handle, columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -128,13 +125,9 @@ def _inputs(cases: dict, target: MRISequence, root: Path) -> Path:
 
 
 def _write(root: Path, name: str, rows: list[dict], args: argparse.Namespace, folder: str) -> None:
-    import csv
-
     columns = sorted({key for row in rows for key in row} - {"case", "target", "source"})
-    with (root / "scores.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["case", "target", "source", *columns], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: ("" if v != v else v) for k, v in row.items()} for row in rows)  # NaN: empty
+    blanked = [{k: ("" if v != v else v) for k, v in row.items()} for row in rows]  # NaN: empty
+    _write_csv(root / "scores.csv", ["case", "target", "source", *columns], blanked)
     found = verdicts(rows)
     lines = [
         f"# Held-out downstream evaluation: {name}",

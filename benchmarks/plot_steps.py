@@ -22,9 +22,9 @@ from pathlib import Path
 from cwdm.evaluation.stats import Interval, bootstrap_mean, paired_difference
 from cwdm.evaluation.sweep.analysis import SettingSummary, recommendation
 from cwdm.evaluation.verdict import MISSING, PREDICTION, REGION_TITLES, verdicts
+from cwdm.sequences import CANONICAL_ORDER
 
 REGION_COLOURS = {"dice_wt": "#1b7837", "dice_tc": "#2166ac", "dice_et": "#b2182b"}
-TARGETS = ("t1n", "t1c", "t2w", "t2f")
 
 
 def main(argv: list[str]) -> int:
@@ -61,7 +61,7 @@ def case_seconds(scores: Path) -> dict[str, Interval]:
     rows = read(table)
     return {
         target: bootstrap_mean([float(row["elapsed_s"]) for row in rows if row["target"] == target])
-        for target in TARGETS
+        for target in (str(seq) for seq in CANONICAL_ORDER)
         if any(row["target"] == target for row in rows)
     }
 
